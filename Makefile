@@ -1,0 +1,33 @@
+# plinth's commands. `make test` and `make lint` are what CI runs (.ci/run).
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: help test lint fmt run bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+test: ## every test of the workspace
+	$(CARGO) nextest run --workspace --all-features --no-fail-fast
+	$(CARGO) test --workspace --all-features --doc
+
+lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency rule
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(CARGO) deny --log-level error check --hide-inclusion-graph licenses bans sources
+	scripts/check-domain-deps.sh
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+run: ## the local stack (arrives with the service)
+	@echo "make run arrives with the plinth service (crates/api); today plinth is the domain crate only" >&2
+	@exit 1
+
+bench: ## benchmarks that print their numbers (none yet)
+	$(CARGO) bench --workspace
+
+clean: ## build output and the local stack's state
+	$(CARGO) clean
+	rm -rf .dev

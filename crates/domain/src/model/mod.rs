@@ -1,0 +1,22 @@
+//! The cluster model: identifiers, the request shape and its rules, names, networking and SANs.
+
+mod bootstrap_token;
+mod ids;
+mod naming;
+mod networking;
+mod request;
+mod sans;
+mod secret;
+
+pub use bootstrap_token::{BootstrapToken, BootstrapTokenHash};
+pub use ids::{
+    ClusterId, ClusterName, FlavorId, ImageId, InvalidValue, OrgId, SecurityGroupId, SubnetId, VmId,
+};
+pub use naming::{ClusterDnsNames, DnsZone, NodeName, NodeOrdinal};
+pub use networking::{Networking, NetworkingError};
+pub use request::{
+    ClusterDefaults, ClusterRequest, ClusterSpec, ControlPlaneCount, FieldViolation,
+    SecurityGroupChoice, ValidationErrors,
+};
+pub use sans::{NodeAddresses, SubjectAltNames, apiserver_sans, etcd_sans};
+pub use secret::SecretText;

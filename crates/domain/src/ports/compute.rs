@@ -1,0 +1,124 @@
+//! `Compute`: the platform's compute API — subnets, security groups, VMs.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
+
+/// Labels put on every resource plinth creates, so a sweeper can find orphans.
+pub type Tags = BTreeMap<String, String>;
+
+/// A subnet's address ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// The subnet.
+    pub id: SubnetId,
+    /// Its IPv4 range.
+    pub ipv4_cidr: Ipv4Net,
+    /// Its IPv6 range, when it has one.
+    pub ipv6_cidr: Option<Ipv6Net>,
+}
+
+/// A security group to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSecurityGroup {
+    /// Its name, e.g. `cluster-<id>-control-plane`.
+    pub name: String,
+    /// Ownership tags.
+    pub tags: Tags,
+}
+
+/// Which traffic an ingress rule lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleProtocol {
+    /// Every protocol and port.
+    Any,
+    /// One TCP port.
+    Tcp {
+        /// The port.
+        port: u16,
+    },
+}
+
+/// An ingress rule of a security group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressRule {
+    /// What traffic.
+    pub protocol: RuleProtocol,
+    /// From where.
+    pub remote: IpNet,
+}
+
+/// A VM to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVm {
+    /// The VM's name (the node name).
+    pub name: String,
+    /// Size.
+    pub flavor: FlavorId,
+    /// Image.
+    pub image: ImageId,
+    /// Subnet.
+    pub subnet: SubnetId,
+    /// Groups to attach.
+    pub security_groups: Vec<SecurityGroupId>,
+    /// Role and ownership tags.
+    pub tags: Tags,
+    /// The bootstrap shim; it holds the node's bootstrap token, hence secret.
+    pub user_data: SecretText,
+}
+
+/// Why a compute call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// The resource does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The resource is in a state that forbids the call (e.g. a group still in use).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The platform refused the request; the message is the platform's.
+    #[error("rejected by the compute service: {0}")]
+    Rejected(String),
+    /// The platform could not be reached or answered 5xx.
+    #[error("compute service unavailable: {0}")]
+    Unavailable(String),
+    /// The call did not finish within its bound.
+    #[error("compute call timed out: {0}")]
+    Timeout(String),
+    /// Anything else, e.g. an answer that cannot be parsed.
+    #[error("unexpected compute failure: {0}")]
+    Unexpected(String),
+}
+
+/// The compute platform's API, as the founding uses it.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Compute: Send + Sync {
+    /// Reads a subnet's ranges.
+    async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError>;
+
+    /// Creates a security group with no rules.
+    async fn create_security_group(
+        &self,
+        group: &NewSecurityGroup,
+    ) -> Result<SecurityGroupId, ComputeError>;
+
+    /// Adds an ingress rule to a group.
+    async fn add_ingress_rule(
+        &self,
+        group: &SecurityGroupId,
+        rule: &IngressRule,
+    ) -> Result<(), ComputeError>;
+
+    /// Creates a VM and returns its id; the platform records its addresses in `vms`.
+    async fn create_vm(&self, vm: &NewVm) -> Result<VmId, ComputeError>;
+
+    /// Deletes a VM. Deleting one that is already gone succeeds.
+    async fn delete_vm(&self, id: &VmId) -> Result<(), ComputeError>;
+
+    /// Deletes a security group. Deleting one that is already gone succeeds.
+    async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<(), ComputeError>;
+}

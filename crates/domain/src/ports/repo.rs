@@ -1,0 +1,232 @@
+//! `Repo`: plinth's durable cluster truth (`kubeclusters`, `etcdnodes`, `apiservernodes`) and the
+//! compute platform's `vms` table, read-only.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::model::{
+    BootstrapTokenHash, ClusterId, ClusterName, ClusterSpec, Networking, NodeAddresses, NodeName,
+    NodeOrdinal, OrgId, SecurityGroupId, VmId,
+};
+use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+
+/// The cluster row, written at step 3 of the founding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClusterRecord {
+    /// The cluster.
+    pub id: ClusterId,
+    /// Its organization.
+    pub org: OrgId,
+    /// The checked request (name, count, subnet, flavor, image, given groups).
+    pub spec: ClusterSpec,
+    /// In-cluster networking.
+    pub networking: Networking,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// `*.apps.cluster-{id}.{zone}`.
+    pub ingress_wildcard_dns_name: String,
+    /// Root and intermediate CAs; the adapter encrypts the keys.
+    pub ca: ClusterCa,
+    /// Service-account signer; the adapter encrypts the private key.
+    pub service_account: ServiceAccountKeyPair,
+    /// When the founding started.
+    pub created_at: OffsetDateTime,
+}
+
+/// The security groups a cluster's VMs ended up with (step 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSecurityGroups {
+    /// Every group attached to the control-plane VMs.
+    pub attached: Vec<SecurityGroupId>,
+    /// The group plinth created for this cluster, if it created one (to delete with it).
+    pub created: Option<SecurityGroupId>,
+}
+
+/// A VM as the compute platform's `vms` table has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmIdentity {
+    /// The VM.
+    pub id: VmId,
+    /// Its current name.
+    pub name: String,
+    /// Private IPv4, once assigned.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6, if any.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Public IPv4, if any.
+    pub public_ipv4: Option<Ipv4Addr>,
+}
+
+/// Where a node is: its ordinal, deterministic name, VM and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// 1-based position.
+    pub ordinal: NodeOrdinal,
+    /// `cp-{n}.cluster-{id}.internal`.
+    pub name: NodeName,
+    /// The node's VM.
+    pub vm_id: VmId,
+    /// The VM's addresses.
+    pub addresses: NodeAddresses,
+}
+
+/// One `etcdnodes` row: a node's etcd member identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdNodeRecord {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// The node.
+    pub node: NodePlacement,
+    /// Server and peer certificate (CN = node name); the adapter encrypts the key.
+    pub cert: CertifiedKey,
+}
+
+/// One `apiservernodes` row: a node's kube-apiserver identity and its bootstrap credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServerNodeRecord {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// The node.
+    pub node: NodePlacement,
+    /// Serving certificate; the adapter encrypts the key.
+    pub cert: CertifiedKey,
+    /// Hash of the node's bootstrap token; the token itself is only in the VM's userdata.
+    pub bootstrap_token_hash: BootstrapTokenHash,
+    /// When the bootstrap token stops working.
+    pub bootstrap_token_expires_at: OffsetDateTime,
+}
+
+/// A cluster as listed: no key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSummary {
+    /// The cluster.
+    pub id: ClusterId,
+    /// Optional name.
+    pub name: Option<ClusterName>,
+    /// Node count.
+    pub control_plane_count: u8,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// Founding time.
+    pub created_at: OffsetDateTime,
+}
+
+/// A cluster with its nodes: no key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDetails {
+    /// The listing fields.
+    pub summary: ClusterSummary,
+    /// The shape it was founded with.
+    pub spec: ClusterSpec,
+    /// The groups its VMs have.
+    pub security_groups: ClusterSecurityGroups,
+    /// In-cluster networking.
+    pub networking: Networking,
+    /// `*.apps.cluster-{id}.{zone}`.
+    pub ingress_wildcard_dns_name: String,
+    /// Nodes in ordinal order.
+    pub nodes: Vec<NodePlacement>,
+    /// Root CA certificate (public), for clients that want to trust the cluster.
+    pub ca_cert_pem: String,
+}
+
+/// Where a page of clusters starts: after this (created_at, id), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    /// Founding time of the last cluster on the previous page.
+    pub created_at: OffsetDateTime,
+    /// Its id, breaking ties.
+    pub id: ClusterId,
+}
+
+/// A request for one page of an organization's clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// At most this many clusters (1 to 100; callers clamp).
+    pub limit: u32,
+    /// Continue after this cluster; `None` for the first page.
+    pub after: Option<PageCursor>,
+}
+
+/// One page of clusters, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPage {
+    /// The clusters.
+    pub clusters: Vec<ClusterSummary>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A uniqueness rule was broken, e.g. a cluster name already used in the organization.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row the call needs does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database could not be reached, or the connection was lost.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("unexpected database failure: {0}")]
+    Unexpected(String),
+}
+
+/// Durable cluster truth.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Repo: Send + Sync {
+    /// Starts the founding's one transaction.
+    async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError>;
+
+    /// One cluster of an organization with its nodes; another organization's is `None`.
+    async fn find_cluster(
+        &self,
+        org: &OrgId,
+        id: ClusterId,
+    ) -> Result<Option<ClusterDetails>, RepoError>;
+
+    /// A page of an organization's clusters, newest first.
+    async fn list_clusters(
+        &self,
+        org: &OrgId,
+        page: &PageRequest,
+    ) -> Result<ClusterPage, RepoError>;
+}
+
+/// One open transaction. Dropping it without [`RepoTx::commit`] rolls it back.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait RepoTx: Send {
+    /// Inserts the cluster row. A name already used in the organization is `Conflict`.
+    async fn insert_cluster(&mut self, cluster: &NewClusterRecord) -> Result<(), RepoError>;
+
+    /// Records which security groups the cluster's VMs have.
+    async fn record_security_groups(
+        &mut self,
+        cluster: ClusterId,
+        groups: &ClusterSecurityGroups,
+    ) -> Result<(), RepoError>;
+
+    /// Reads the `vms` rows of these VMs as committed now; VMs without a row are left out.
+    async fn vm_identities(&mut self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError>;
+
+    /// Inserts etcd node rows, in one round trip.
+    async fn insert_etcd_nodes(&mut self, nodes: &[EtcdNodeRecord]) -> Result<(), RepoError>;
+
+    /// Inserts apiserver node rows, in one round trip.
+    async fn insert_apiserver_nodes(
+        &mut self,
+        nodes: &[ApiServerNodeRecord],
+    ) -> Result<(), RepoError>;
+
+    /// Makes everything durable.
+    async fn commit(self: Box<Self>) -> Result<(), RepoError>;
+
+    /// Discards everything.
+    async fn rollback(self: Box<Self>) -> Result<(), RepoError>;
+}
