@@ -8,7 +8,8 @@ CARGO ?= cargo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-test: ## every test of the workspace
+test: ## every test of the workspace (installs etcd/openssl from Debian when missing)
+	scripts/test-deps.sh
 	$(CARGO) nextest run --workspace --all-features --no-fail-fast
 	$(CARGO) test --workspace --all-features --doc
 
@@ -25,7 +26,7 @@ run: ## the local stack (arrives with the service)
 	@echo "make run arrives with the plinth service (crates/api); today plinth is the domain crate only" >&2
 	@exit 1
 
-bench: ## benchmarks that print their numbers (none yet)
+bench: ## benchmarks that print their numbers (see docs/BENCHMARKS.md)
 	$(CARGO) bench --workspace
 
 clean: ## build output and the local stack's state

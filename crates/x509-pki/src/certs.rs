@@ -1,0 +1,424 @@
+//! Certificate profiles and issuance: the cluster CAs, serving and client leaves.
+//!
+//! Every rule here is one Go's crypto/x509 or `openssl verify -x509_strict` enforces
+//! (`shared/reference/k8s-pki.md` §3): CAs with critical basicConstraints, keyUsage and an SKI and
+//! no EKU; leaves with AKI, SANs and the EKUs their role needs; the issuer copied from the CA's
+//! subject byte for byte; positive random serials of at most 20 octets; times in canonical form.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use const_oid::ObjectIdentifier;
+use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME, ORGANIZATIONAL_UNIT_NAME};
+use const_oid::db::rfc5912::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use der::asn1::{Ia5String, OctetString, SetOfVec};
+use der::pem::LineEnding;
+use der::{Any, Decode, DecodePem, Encode, EncodePem, Tag};
+use plinth_domain::model::{ClusterId, SubjectAltNames};
+use plinth_domain::ports::pki::{
+    CertifiedKey, ClientCertRequest, ClusterCa, PkiError, ServiceAccountKeyPair, ServingCertRequest,
+};
+use spki::SubjectPublicKeyInfoRef;
+use x509_cert::Certificate;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::builder::CertificateBuilder;
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::certificate::TbsCertificate;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::{Extension, ToExtension};
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+
+use crate::keys::KeyPair;
+use crate::settings::PkiSettings;
+
+/// The CA subjects' common names, kubeadm's.
+const ROOT_CN: &str = "kubernetes";
+const ETCD_CA_CN: &str = "etcd-ca";
+const FRONT_PROXY_CA_CN: &str = "front-proxy-ca";
+
+/// Creates a cluster's root CA and its `etcd-ca` and `front-proxy-ca` intermediates.
+pub fn create_cluster_ca(
+    settings: &PkiSettings,
+    cluster: ClusterId,
+) -> Result<ClusterCa, PkiError> {
+    let unit = format!("cluster-{cluster}");
+    let root_key = KeyPair::generate(settings.key_algorithm)?;
+    let root_subject = ca_subject(ROOT_CN, &unit)?;
+    let root_cert = issue(
+        settings,
+        Profile {
+            subject: root_subject.clone(),
+            issuer: root_subject,
+            issuer_key_id: None,
+            kind: Kind::Ca,
+        },
+        &root_key,
+        &root_key,
+        settings.ca_validity,
+    )?;
+    let root = Issuer {
+        key_id: subject_key_id(&root_cert),
+        cert: root_cert,
+        key: root_key,
+    };
+    let etcd = create_intermediate(settings, &root, ETCD_CA_CN, &unit)?;
+    let front_proxy = create_intermediate(settings, &root, FRONT_PROXY_CA_CN, &unit)?;
+    Ok(ClusterCa {
+        root: root.into_certified()?,
+        etcd,
+        front_proxy,
+    })
+}
+
+fn create_intermediate(
+    settings: &PkiSettings,
+    root: &Issuer,
+    common_name: &str,
+    unit: &str,
+) -> Result<CertifiedKey, PkiError> {
+    let key = KeyPair::generate(settings.key_algorithm)?;
+    let cert = issue(
+        settings,
+        Profile {
+            subject: ca_subject(common_name, unit)?,
+            issuer: root.cert.tbs_certificate().subject().clone(),
+            issuer_key_id: root.key_id.clone(),
+            kind: Kind::Ca,
+        },
+        &key,
+        &root.key,
+        settings.ca_validity,
+    )?;
+    Issuer {
+        key_id: None,
+        cert,
+        key,
+    }
+    .into_certified()
+}
+
+/// Creates the service-account key pair (`sa.key`, `sa.pub`).
+pub fn create_service_account_key(
+    settings: &PkiSettings,
+) -> Result<ServiceAccountKeyPair, PkiError> {
+    let key = KeyPair::generate(settings.service_account_key_algorithm)?;
+    Ok(ServiceAccountKeyPair {
+        public_key_pem: key.public_key_pem()?,
+        private_key_pem: key.to_pkcs8_pem()?,
+    })
+}
+
+/// Signs a serving certificate with a fresh key: serverAuth (+ clientAuth when asked), the SANs.
+pub fn sign_serving_cert(
+    settings: &PkiSettings,
+    issuer: &CertifiedKey,
+    request: &ServingCertRequest,
+) -> Result<CertifiedKey, PkiError> {
+    if request.sans.dns_names.is_empty() && request.sans.ip_addresses.is_empty() {
+        // Go ignores the CN for host checks: a serving cert without SANs serves nobody.
+        return Err(PkiError::InvalidRequest(
+            "a serving certificate needs at least one DNS or IP SAN".into(),
+        ));
+    }
+    let mut usages = vec![ID_KP_SERVER_AUTH];
+    if request.client_auth {
+        usages.push(ID_KP_CLIENT_AUTH);
+    }
+    sign_leaf(
+        settings,
+        issuer,
+        leaf_subject(&request.common_name, &[])?,
+        usages,
+        Some(subject_alt_names(&request.sans)?),
+    )
+}
+
+/// Signs a client certificate with a fresh key: clientAuth, CN = user, O = groups.
+pub fn sign_client_cert(
+    settings: &PkiSettings,
+    issuer: &CertifiedKey,
+    request: &ClientCertRequest,
+) -> Result<CertifiedKey, PkiError> {
+    sign_leaf(
+        settings,
+        issuer,
+        leaf_subject(&request.common_name, &request.organizations)?,
+        vec![ID_KP_CLIENT_AUTH],
+        None,
+    )
+}
+
+fn sign_leaf(
+    settings: &PkiSettings,
+    issuer: &CertifiedKey,
+    subject: Name,
+    usages: Vec<ObjectIdentifier>,
+    sans: Option<SubjectAltName>,
+) -> Result<CertifiedKey, PkiError> {
+    let issuer = Issuer::load(issuer)?;
+    let key = KeyPair::generate(settings.key_algorithm)?;
+    let cert = issue(
+        settings,
+        Profile {
+            subject,
+            issuer: issuer.cert.tbs_certificate().subject().clone(),
+            issuer_key_id: issuer.key_id.clone(),
+            kind: Kind::Leaf {
+                usages,
+                sans,
+                key_encipherment: key.is_rsa(),
+            },
+        },
+        &key,
+        &issuer.key,
+        settings.leaf_validity,
+    )?;
+    Ok(CertifiedKey {
+        cert_pem: to_pem(&cert)?,
+        key_pem: key.to_pkcs8_pem()?,
+    })
+}
+
+/// A CA certificate with its key, ready to sign.
+struct Issuer {
+    cert: Certificate,
+    key: KeyPair,
+    /// The CA's own SKI, copied into children's AKI so the two always match.
+    key_id: Option<Vec<u8>>,
+}
+
+impl Issuer {
+    /// Parses an issuer and checks it can sign: a CA certificate whose key is the given key.
+    fn load(issuer: &CertifiedKey) -> Result<Self, PkiError> {
+        let unusable = |why: String| PkiError::UnusableIssuer(why);
+        let cert = Certificate::from_pem(issuer.cert_pem.as_bytes()).map_err(|e| {
+            unusable(format!(
+                "the issuer certificate is not a PEM certificate: {e}"
+            ))
+        })?;
+        let key = KeyPair::from_pkcs8_pem(issuer.key_pem.expose())
+            .map_err(|why| unusable(format!("the issuer key: {why}")))?;
+        if key.spki()? != *cert.tbs_certificate().subject_public_key_info() {
+            return Err(unusable(
+                "the issuer key does not belong to the issuer certificate".into(),
+            ));
+        }
+        let is_ca = cert
+            .tbs_certificate()
+            .get_extension::<BasicConstraints>()
+            .ok()
+            .flatten()
+            .is_some_and(|(_, bc)| bc.ca);
+        if !is_ca {
+            return Err(unusable("the issuer certificate is not a CA".into()));
+        }
+        Ok(Self {
+            key_id: subject_key_id(&cert),
+            cert,
+            key,
+        })
+    }
+
+    fn into_certified(self) -> Result<CertifiedKey, PkiError> {
+        Ok(CertifiedKey {
+            cert_pem: to_pem(&self.cert)?,
+            key_pem: self.key.to_pkcs8_pem()?,
+        })
+    }
+}
+
+fn subject_key_id(cert: &Certificate) -> Option<Vec<u8>> {
+    cert.tbs_certificate()
+        .get_extension::<SubjectKeyIdentifier>()
+        .ok()
+        .flatten()
+        .map(|(_, ski)| ski.0.as_bytes().to_vec())
+}
+
+enum Kind {
+    Ca,
+    Leaf {
+        usages: Vec<ObjectIdentifier>,
+        sans: Option<SubjectAltName>,
+        key_encipherment: bool,
+    },
+}
+
+/// One certificate's subject, issuer and extensions.
+struct Profile {
+    subject: Name,
+    /// The issuing CA's subject as decoded from its certificate; DER re-encodes it to the same
+    /// bytes, which is what Go matches parents by.
+    issuer: Name,
+    /// The issuer's SKI; `None` for a self-signed root (Go sets no AKI there either).
+    issuer_key_id: Option<Vec<u8>>,
+    kind: Kind,
+}
+
+impl BuilderProfile for Profile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        spk: SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        let subject = tbs.subject();
+        let mut extensions = Vec::with_capacity(6);
+        let mut push = |ext: &dyn ToExtensionDyn| -> x509_cert::builder::Result<()> {
+            extensions.push(ext.to_extension_dyn(subject)?);
+            Ok(())
+        };
+        match &self.kind {
+            Kind::Ca => {
+                push(&BasicConstraints {
+                    ca: true,
+                    path_len_constraint: None,
+                })?;
+                push(&KeyUsage(
+                    KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature,
+                ))?;
+            }
+            Kind::Leaf {
+                usages,
+                sans,
+                key_encipherment,
+            } => {
+                push(&BasicConstraints {
+                    ca: false,
+                    path_len_constraint: None,
+                })?;
+                let mut key_usage = KeyUsages::DigitalSignature.into();
+                if *key_encipherment {
+                    key_usage |= KeyUsages::KeyEncipherment;
+                }
+                push(&KeyUsage(key_usage))?;
+                push(&ExtendedKeyUsage(usages.clone()))?;
+                if let Some(sans) = sans {
+                    push(sans)?;
+                }
+            }
+        }
+        push(&SubjectKeyIdentifier::try_from(spk)?)?;
+        if let Some(key_id) = &self.issuer_key_id {
+            push(&AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(key_id.as_slice())?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            })?;
+        }
+        Ok(extensions)
+    }
+}
+
+/// `ToExtension` with the subject only, object-safe, so the list above reads as a list.
+trait ToExtensionDyn {
+    fn to_extension_dyn(&self, subject: &Name) -> x509_cert::builder::Result<Extension>;
+}
+
+impl<T> ToExtensionDyn for T
+where
+    for<'a> &'a T: ToExtension,
+    for<'a> <&'a T as ToExtension>::Error: Into<x509_cert::builder::Error>,
+{
+    fn to_extension_dyn(&self, subject: &Name) -> x509_cert::builder::Result<Extension> {
+        self.to_extension(subject, &[]).map_err(Into::into)
+    }
+}
+
+fn issue(
+    settings: &PkiSettings,
+    profile: Profile,
+    subject_key: &KeyPair,
+    issuer_key: &KeyPair,
+    lifetime: Duration,
+) -> Result<Certificate, PkiError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| PkiError::Failed(format!("{what}: {e}"));
+    let now = SystemTime::now();
+    let validity = Validity::new(
+        Time::try_from(now - settings.backdate).map_err(|e| failed("notBefore", &e))?,
+        Time::try_from(now + lifetime).map_err(|e| failed("notAfter", &e))?,
+    );
+    let serial = SerialNumber::generate(&mut rand::rng());
+    let builder = CertificateBuilder::new(profile, serial, validity, subject_key.spki()?)
+        .map_err(|e| failed("preparing a certificate", &e))?;
+    issuer_key.sign(builder)
+}
+
+fn to_pem(cert: &Certificate) -> Result<String, PkiError> {
+    cert.to_pem(LineEnding::LF)
+        .map_err(|e| PkiError::Failed(format!("encoding a certificate failed: {e}")))
+}
+
+fn ca_subject(common_name: &str, unit: &str) -> Result<Name, PkiError> {
+    name(&[
+        (ORGANIZATION_NAME, "plinth"),
+        (ORGANIZATIONAL_UNIT_NAME, unit),
+        (COMMON_NAME, common_name),
+    ])
+}
+
+/// O values first, then CN: the order Go's `pkix.Name` writes.
+fn leaf_subject(common_name: &str, organizations: &[String]) -> Result<Name, PkiError> {
+    let mut attributes: Vec<(ObjectIdentifier, &str)> = organizations
+        .iter()
+        .map(|o| (ORGANIZATION_NAME, o.as_str()))
+        .collect();
+    attributes.push((COMMON_NAME, common_name));
+    name(&attributes)
+}
+
+/// A name of single-valued RDNs with UTF8String values.
+fn name(attributes: &[(ObjectIdentifier, &str)]) -> Result<Name, PkiError> {
+    let invalid = |e: der::Error| PkiError::InvalidRequest(format!("subject name: {e}"));
+    let mut rdns = Vec::with_capacity(attributes.len());
+    for (oid, value) in attributes {
+        if value.is_empty() || value.len() > 64 {
+            return Err(PkiError::InvalidRequest(format!(
+                "subject attribute {oid} must have 1 to 64 characters, got {value:?}"
+            )));
+        }
+        let value = Any::new(Tag::Utf8String, value.as_bytes()).map_err(invalid)?;
+        let atv = AttributeTypeAndValue { oid: *oid, value };
+        let set = SetOfVec::try_from(vec![atv]).map_err(invalid)?;
+        rdns.push(RelativeDistinguishedName::from(set));
+    }
+    let der = RdnSequence::from(rdns).to_der().map_err(invalid)?;
+    Name::from_der(&der).map_err(invalid)
+}
+
+fn subject_alt_names(sans: &SubjectAltNames) -> Result<SubjectAltName, PkiError> {
+    let mut names = Vec::with_capacity(sans.dns_names.len() + sans.ip_addresses.len());
+    for dns in &sans.dns_names {
+        if dns.is_empty() || dns.ends_with('.') || !dns.is_ascii() {
+            return Err(PkiError::InvalidRequest(format!(
+                "DNS SAN {dns:?} must be non-empty ASCII without a trailing dot"
+            )));
+        }
+        let ia5 = Ia5String::new(dns)
+            .map_err(|e| PkiError::InvalidRequest(format!("DNS SAN {dns:?}: {e}")))?;
+        names.push(GeneralName::DnsName(ia5));
+    }
+    for ip in &sans.ip_addresses {
+        // Go rejects IPv4-mapped IPv6 SANs; store those as the IPv4 they are.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
+            IpAddr::V4(_) => *ip,
+        };
+        names.push(GeneralName::from(ip));
+    }
+    Ok(SubjectAltName(names))
+}

@@ -1,0 +1,196 @@
+//! plinth's `Pki` adapter: a cluster's root CA with kubeadm's `etcd-ca` and `front-proxy-ca`
+//! intermediates, the service-account key pair, and serving and client leaf certificates, built
+//! with x509-cert on p256 and rsa (no OpenSSL).
+//!
+//! What it issues is checked by the programs that consume it — OpenSSL (`verify -x509_strict`),
+//! Go's crypto/x509 through kubectl and a real etcd cluster — in this crate's `tests/`.
+//! Key generation and signing run on tokio's blocking pool, so a founding never stalls the
+//! executor. Private keys leave only as PKCS#8 PEM inside a `SecretText`.
+
+mod certs;
+mod keys;
+mod settings;
+
+use async_trait::async_trait;
+use plinth_domain::model::ClusterId;
+use plinth_domain::ports::pki::{
+    CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError, ServiceAccountKeyPair,
+    ServingCertRequest,
+};
+
+pub use certs::{
+    create_cluster_ca, create_service_account_key, sign_client_cert, sign_serving_cert,
+};
+pub use keys::{KeyAlgorithm, UnknownKeyAlgorithm};
+pub use settings::{PkiSettings, PkiSettingsError};
+
+/// The `Pki` port on x509-cert. The synchronous functions it wraps are public too, for tools and
+/// benchmarks that have no runtime.
+#[derive(Debug, Clone)]
+pub struct X509Pki {
+    settings: PkiSettings,
+}
+
+impl X509Pki {
+    /// An adapter issuing with `settings`, checked first.
+    pub fn new(settings: PkiSettings) -> Result<Self, PkiSettingsError> {
+        settings.validate()?;
+        Ok(Self { settings })
+    }
+
+    /// Runs CPU-heavy work (RSA key generation takes tens of milliseconds) off the executor.
+    async fn off_executor<T, F>(&self, work: F) -> Result<T, PkiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&PkiSettings) -> Result<T, PkiError> + Send + 'static,
+    {
+        let settings = self.settings.clone();
+        tokio::task::spawn_blocking(move || work(&settings))
+            .await
+            .map_err(|e| PkiError::Failed(format!("the signing task did not finish: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Pki for X509Pki {
+    async fn create_cluster_ca(&self, cluster: ClusterId) -> Result<ClusterCa, PkiError> {
+        self.off_executor(move |s| create_cluster_ca(s, cluster))
+            .await
+    }
+
+    async fn create_service_account_key(&self) -> Result<ServiceAccountKeyPair, PkiError> {
+        self.off_executor(create_service_account_key).await
+    }
+
+    async fn sign_serving_cert(
+        &self,
+        issuer: &CertifiedKey,
+        request: &ServingCertRequest,
+    ) -> Result<CertifiedKey, PkiError> {
+        let (issuer, request) = (issuer.clone(), request.clone());
+        self.off_executor(move |s| sign_serving_cert(s, &issuer, &request))
+            .await
+    }
+
+    async fn sign_client_cert(
+        &self,
+        issuer: &CertifiedKey,
+        request: &ClientCertRequest,
+    ) -> Result<CertifiedKey, PkiError> {
+        let (issuer, request) = (issuer.clone(), request.clone());
+        self.off_executor(move |s| sign_client_cert(s, &issuer, &request))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use plinth_domain::model::ClusterId;
+    use plinth_domain::ports::pki::Pki;
+
+    use super::*;
+
+    /// On a single-threaded runtime, work done on the executor would freeze every other task
+    /// until it finished; work on the blocking pool lets them run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn key_generation_runs_off_the_executor() {
+        let pki = X509Pki::new(PkiSettings {
+            key_algorithm: KeyAlgorithm::Rsa3072,
+            ..PkiSettings::default()
+        })
+        .unwrap();
+        let work =
+            tokio::spawn(async move { pki.create_cluster_ca(ClusterId::new_random()).await });
+        let started = Instant::now();
+        let mut ticks = 0u32;
+        while !work.is_finished() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            ticks += 1;
+        }
+        let elapsed = started.elapsed();
+        work.await.unwrap().unwrap();
+        // Three RSA-3072 keys take well over 50 ms; the ticker must have run throughout.
+        assert!(
+            elapsed > Duration::from_millis(50),
+            "too fast to tell: {elapsed:?}"
+        );
+        let expected = elapsed.as_millis() / 2;
+        assert!(
+            u128::from(ticks) * 4 >= expected,
+            "the executor stalled: {ticks} ticks in {elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_issuer_is_refused_with_the_reason() {
+        let pki = X509Pki::new(PkiSettings::default()).unwrap();
+        let ca = pki
+            .create_cluster_ca(ClusterId::new_random())
+            .await
+            .unwrap();
+        let request = ClientCertRequest {
+            common_name: "x".into(),
+            organizations: vec![],
+        };
+        let mismatched = CertifiedKey {
+            cert_pem: ca.root.cert_pem.clone(),
+            key_pem: ca.etcd.key_pem.clone(),
+        };
+        let err = pki
+            .sign_client_cert(&mismatched, &request)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PkiError::UnusableIssuer(_)), "{err}");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+
+        let leaf = pki.sign_client_cert(&ca.root, &request).await.unwrap();
+        let err = pki.sign_client_cert(&leaf, &request).await.unwrap_err();
+        assert!(err.to_string().contains("not a CA"), "{err}");
+
+        let garbage = CertifiedKey {
+            cert_pem: "nonsense".into(),
+            key_pem: ca.root.key_pem.clone(),
+        };
+        let err = pki.sign_client_cert(&garbage, &request).await.unwrap_err();
+        assert!(matches!(err, PkiError::UnusableIssuer(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn requests_the_encodings_cannot_carry_are_refused() {
+        let pki = X509Pki::new(PkiSettings::default()).unwrap();
+        let ca = pki
+            .create_cluster_ca(ClusterId::new_random())
+            .await
+            .unwrap();
+        let serving = |dns: &str| ServingCertRequest {
+            common_name: "n".into(),
+            sans: plinth_domain::model::SubjectAltNames {
+                dns_names: vec![dns.to_owned()],
+                ip_addresses: vec![],
+            },
+            client_auth: false,
+        };
+        for bad in ["ünï.example", "trailing.dot.", ""] {
+            let err = pki
+                .sign_serving_cert(&ca.root, &serving(bad))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, PkiError::InvalidRequest(_)), "{bad:?}: {err}");
+        }
+        let no_sans = ServingCertRequest {
+            common_name: "n".into(),
+            sans: plinth_domain::model::SubjectAltNames::default(),
+            client_auth: false,
+        };
+        let err = pki.sign_serving_cert(&ca.root, &no_sans).await.unwrap_err();
+        assert!(err.to_string().contains("at least one"), "{err}");
+        let long_cn = ClientCertRequest {
+            common_name: "x".repeat(65),
+            organizations: vec![],
+        };
+        let err = pki.sign_client_cert(&ca.root, &long_cn).await.unwrap_err();
+        assert!(matches!(err, PkiError::InvalidRequest(_)), "{err}");
+    }
+}

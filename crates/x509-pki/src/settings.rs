@@ -1,0 +1,105 @@
+//! What a deployment configures about its trust material.
+
+use std::time::Duration;
+
+use crate::keys::KeyAlgorithm;
+
+/// Key algorithms and lifetimes of the certificates plinth issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiSettings {
+    /// CAs and leaves: ECDSA P-256 by default.
+    pub key_algorithm: KeyAlgorithm,
+    /// The service-account signer: RSA-2048 by default (what every OIDC consumer accepts).
+    pub service_account_key_algorithm: KeyAlgorithm,
+    /// CA lifetime: 10 years by default (kubeadm's).
+    pub ca_validity: Duration,
+    /// Leaf lifetime: 1 year by default (kubeadm's).
+    pub leaf_validity: Duration,
+    /// How far notBefore lies in the past, for clients whose clocks run behind: 5 minutes.
+    pub backdate: Duration,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for PkiSettings {
+    fn default() -> Self {
+        Self {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            service_account_key_algorithm: KeyAlgorithm::Rsa2048,
+            ca_validity: DAY * 3650,
+            leaf_validity: DAY * 365,
+            backdate: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// A setting that cannot work, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PkiSettingsError {
+    /// A lifetime of zero, or beyond what X.509 times can express sensibly.
+    #[error("{setting} must be between 1 hour and 100 years")]
+    Lifetime {
+        /// The setting's name.
+        setting: &'static str,
+    },
+    /// Leaves would outlive the CA that signed them.
+    #[error("leaf_validity must not exceed ca_validity")]
+    LeafOutlivesCa,
+    /// notBefore further back than a day helps no clock and widens the window for misuse.
+    #[error("backdate must be at most 1 day")]
+    Backdate,
+}
+
+impl PkiSettings {
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<(), PkiSettingsError> {
+        let sane = |d: Duration| d >= Duration::from_secs(3600) && d <= DAY * 36525;
+        if !sane(self.ca_validity) {
+            return Err(PkiSettingsError::Lifetime {
+                setting: "ca_validity",
+            });
+        }
+        if !sane(self.leaf_validity) {
+            return Err(PkiSettingsError::Lifetime {
+                setting: "leaf_validity",
+            });
+        }
+        if self.leaf_validity > self.ca_validity {
+            return Err(PkiSettingsError::LeafOutlivesCa);
+        }
+        if self.backdate > DAY {
+            return Err(PkiSettingsError::Backdate);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kubeadms_and_valid() {
+        let settings = PkiSettings::default();
+        assert_eq!(settings.validate(), Ok(()));
+        assert_eq!(settings.ca_validity, Duration::from_secs(87600 * 3600));
+        assert_eq!(settings.leaf_validity, Duration::from_secs(8760 * 3600));
+    }
+
+    #[test]
+    fn impossible_settings_name_the_setting() {
+        let bad = PkiSettings {
+            leaf_validity: Duration::ZERO,
+            ..PkiSettings::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "leaf_validity must be between 1 hour and 100 years"
+        );
+        let outlives = PkiSettings {
+            leaf_validity: DAY * 4000,
+            ..PkiSettings::default()
+        };
+        assert_eq!(outlives.validate(), Err(PkiSettingsError::LeafOutlivesCa));
+    }
+}
