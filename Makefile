@@ -8,9 +8,9 @@ CARGO ?= cargo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-test: ## every test of the workspace (installs etcd/openssl from Debian when missing)
+test: ## every test: starts a throwaway PostgreSQL, installs etcd/openssl when missing
 	scripts/test-deps.sh
-	$(CARGO) nextest run --workspace --all-features --no-fail-fast
+	scripts/with-test-services.sh $(CARGO) nextest run --workspace --all-features --no-fail-fast
 	$(CARGO) test --workspace --all-features --doc
 
 lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency rule

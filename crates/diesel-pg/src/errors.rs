@@ -1,0 +1,63 @@
+//! Library errors mapped into the port's `RepoError`, in one place.
+
+use diesel::result::{DatabaseErrorKind, Error};
+use plinth_domain::ports::repo::RepoError;
+
+/// The unique constraint that makes a cluster name unique within its organization.
+pub(crate) const ORG_NAME_CONSTRAINT: &str = "kubeclusters_org_name_key";
+
+/// Maps a query error; `doing` says what the query was for.
+pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(ORG_NAME_CONSTRAINT) =>
+        {
+            RepoError::Conflict(
+                "a cluster with this name already exists in the organization".into(),
+            )
+        }
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            RepoError::Conflict(format!("{doing}: {}", info.message()))
+        }
+        Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => {
+            RepoError::NotFound(format!("{doing}: {}", info.message()))
+        }
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            info,
+        ) => RepoError::Unavailable(format!("{doing}: {}", info.message())),
+        // The server going away mid-session (SQLSTATE class 57) arrives without a kind.
+        Error::DatabaseError(_, info) if is_shutdown(info.message()) => {
+            RepoError::Unavailable(format!("{doing}: {}", info.message()))
+        }
+        Error::BrokenTransactionManager => RepoError::Unavailable(format!(
+            "{doing}: the connection's transaction state is lost"
+        )),
+        Error::NotFound => RepoError::NotFound(doing.to_owned()),
+        other => RepoError::Unexpected(format!("{doing}: {other}")),
+    }
+}
+
+fn is_shutdown(message: &str) -> bool {
+    [
+        "terminating connection",
+        "shutting down",
+        "starting up",
+        "in recovery mode",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// Maps a failure to get a pooled connection.
+pub(crate) fn pool_error(
+    e: diesel_async::pooled_connection::deadpool::PoolError,
+    doing: &str,
+) -> RepoError {
+    RepoError::Unavailable(format!("{doing}: no database connection: {e}"))
+}
+
+/// A database call that did not finish within its bound.
+pub(crate) fn timed_out(doing: &str) -> RepoError {
+    RepoError::Unavailable(format!("{doing}: the database did not answer in time"))
+}

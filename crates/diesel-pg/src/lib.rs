@@ -1,0 +1,296 @@
+//! plinth's `Repo` adapter: durable cluster truth in PostgreSQL (`kubeclusters`, `etcdnodes`,
+//! `apiservernodes`), read access to the compute service's `vms`, on diesel-async with a
+//! deadpool pool.
+//!
+//! One founding is one transaction on one connection ([`PgRepo::begin`]). Every database call is
+//! bounded: getting a connection, connecting, and each statement have timeouts, so a database
+//! that is gone or hung yields `RepoError::Unavailable`, never a hang. Private keys are sealed by
+//! an [`envelope::Envelope`] before they reach a statement; the master keys never touch the
+//! database.
+
+pub mod envelope;
+mod errors;
+mod rows;
+mod schema;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod tx;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::FutureExt as _;
+use plinth_domain::model::{ClusterId, OrgId, SecretText};
+use plinth_domain::ports::repo::{
+    ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError, RepoTx,
+};
+
+pub use envelope::{Envelope, EnvelopeError, MasterKeyError, Slot};
+
+use crate::errors::{pool_error, query_error, timed_out};
+use crate::rows::{ClusterDetailsRow, ClusterSummaryRow, NodeRow};
+use crate::schema::{apiservernodes, kubeclusters};
+use crate::tx::PgTx;
+
+/// plinth's own migrations (`migrations/` at the top of the repository), embedded.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+/// The most clusters one page lists.
+pub const MAX_PAGE: u32 = 100;
+
+/// How to reach PostgreSQL, and the bounds on every call.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user:password@host:port/database`; secret, as it holds the password.
+    pub url: SecretText,
+    /// Pool size. A founding holds one connection for its whole transaction.
+    pub max_connections: usize,
+    /// Opening a connection.
+    pub connect_timeout: Duration,
+    /// Waiting for a free connection from the pool.
+    pub acquire_timeout: Duration,
+    /// One statement, including commit.
+    pub statement_timeout: Duration,
+}
+
+impl PgSettings {
+    /// Defaults for `url`: 16 connections, 5 s to connect or acquire, 10 s per statement.
+    pub fn new(url: SecretText) -> Self {
+        Self {
+            url,
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the repository could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PgSetupError {
+    /// The pool settings are unusable.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// Migrations failed to apply.
+    #[error("applying migrations failed: {0}")]
+    Migrations(String),
+}
+
+/// The `Repo` port on PostgreSQL.
+#[derive(Clone)]
+pub struct PgRepo {
+    pool: Pool<AsyncPgConnection>,
+    envelope: Arc<Envelope>,
+    statement_timeout: Duration,
+    acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgRepo")
+            .field("pool", &self.pool.status())
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgRepo {
+    /// Builds the pool (lazily: no connection is opened until one is needed).
+    pub fn new(settings: &PgSettings, envelope: Envelope) -> Result<Self, PgSetupError> {
+        let connect_timeout = settings.connect_timeout;
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            async move {
+                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(diesel::ConnectionError::BadConnection(format!(
+                            "connecting timed out after {connect_timeout:?}"
+                        )))
+                    })
+            }
+            .boxed()
+        });
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            settings.url.expose(),
+            config,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections.max(1))
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgSetupError::Pool(e.to_string()))?;
+        Ok(Self {
+            pool,
+            envelope: Arc::new(envelope),
+            statement_timeout: settings.statement_timeout,
+            acquire_timeout: settings.acquire_timeout,
+        })
+    }
+
+    /// The envelope sealing this repository's keys (for reading them back, e.g. for bundles).
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    async fn connection(&self, doing: &str) -> Result<Object<AsyncPgConnection>, RepoError> {
+        // The pool bounds waiting and connecting; this bounds the two together.
+        match tokio::time::timeout(self.acquire_timeout * 2, self.pool.get()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(pool_error(e, doing)),
+            Err(_) => Err(timed_out(doing)),
+        }
+    }
+
+    /// Applies plinth's pending migrations; returns the versions it applied (none when the
+    /// schema is current). Needs a multi-threaded tokio runtime.
+    pub async fn migrate(&self) -> Result<Vec<String>, PgSetupError> {
+        let conn = self
+            .connection("migrating")
+            .await
+            .map_err(|e| PgSetupError::Migrations(e.to_string()))?;
+        run_migrations(conn, MIGRATIONS).await
+    }
+
+    /// Whether the database answers (for readiness checks).
+    pub async fn ping(&self) -> Result<(), RepoError> {
+        const DOING: &str = "checking the database";
+        let mut conn = self.connection(DOING).await?;
+        let query = diesel::select(1.into_sql::<diesel::sql_types::Integer>());
+        match tokio::time::timeout(self.statement_timeout, query.get_result::<i32>(&mut *conn))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(query_error(e, DOING)),
+            Err(_) => Err(timed_out(DOING)),
+        }
+    }
+}
+
+/// Applies `migrations` on `conn` (blocking work, moved off the executor's core threads).
+pub(crate) async fn run_migrations<C>(
+    conn: C,
+    migrations: EmbeddedMigrations,
+) -> Result<Vec<String>, PgSetupError>
+where
+    C: std::ops::DerefMut<Target = AsyncPgConnection> + Send + 'static,
+{
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(migrations)
+        .map_err(|e| PgSetupError::Migrations(e.to_string()))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
+}
+
+#[async_trait]
+impl Repo for PgRepo {
+    async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError> {
+        let conn = self.connection("beginning a founding").await?;
+        let tx = PgTx::begin(conn, Arc::clone(&self.envelope), self.statement_timeout).await?;
+        Ok(Box::new(tx))
+    }
+
+    async fn find_cluster(
+        &self,
+        org: &OrgId,
+        id: ClusterId,
+    ) -> Result<Option<ClusterDetails>, RepoError> {
+        const DOING: &str = "reading a cluster";
+        let mut conn = self.connection(DOING).await?;
+        let cluster = kubeclusters::table
+            .filter(kubeclusters::org_id.eq(org.as_str()))
+            .filter(kubeclusters::id.eq(id.as_uuid()))
+            .select(ClusterDetailsRow::as_select());
+        let found = tokio::time::timeout(
+            self.statement_timeout,
+            cluster.first(&mut *conn).await_optional(),
+        )
+        .await
+        .map_err(|_| timed_out(DOING))?
+        .map_err(|e| query_error(e, DOING))?;
+        let Some(row) = found else {
+            return Ok(None);
+        };
+        let nodes = apiservernodes::table
+            .filter(apiservernodes::cluster_id.eq(id.as_uuid()))
+            .order(apiservernodes::ordinal.asc())
+            .select(NodeRow::as_select());
+        let nodes: Vec<NodeRow> =
+            tokio::time::timeout(self.statement_timeout, nodes.load(&mut *conn))
+                .await
+                .map_err(|_| timed_out(DOING))?
+                .map_err(|e| query_error(e, DOING))?;
+        row.into_details(nodes).map(Some)
+    }
+
+    async fn list_clusters(
+        &self,
+        org: &OrgId,
+        page: &PageRequest,
+    ) -> Result<ClusterPage, RepoError> {
+        const DOING: &str = "listing clusters";
+        let limit = page.limit.clamp(1, MAX_PAGE);
+        let mut conn = self.connection(DOING).await?;
+        let mut query = kubeclusters::table
+            .filter(kubeclusters::org_id.eq(org.as_str()))
+            .select(ClusterSummaryRow::as_select())
+            .order((kubeclusters::created_at.desc(), kubeclusters::id.desc()))
+            .limit(i64::from(limit) + 1)
+            .into_boxed();
+        if let Some(after) = page.after {
+            // Row comparison, so PostgreSQL walks (org_id, created_at DESC, id DESC) directly.
+            query = query.filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("(created_at, id) < (")
+                    .bind::<diesel::sql_types::Timestamptz, _>(after.created_at)
+                    .sql(", ")
+                    .bind::<diesel::sql_types::Uuid, _>(after.id.as_uuid())
+                    .sql(")"),
+            );
+        }
+        let mut rows: Vec<ClusterSummaryRow> =
+            tokio::time::timeout(self.statement_timeout, query.load(&mut *conn))
+                .await
+                .map_err(|_| timed_out(DOING))?
+                .map_err(|e| query_error(e, DOING))?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let clusters = rows
+            .into_iter()
+            .map(ClusterSummaryRow::into_summary)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more {
+            clusters.last().map(|last| PageCursor {
+                created_at: last.created_at,
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok(ClusterPage { clusters, next })
+    }
+}
+
+/// `first(..).optional()` as a future: a missing row is `Ok(None)`.
+trait AwaitOptional<T> {
+    async fn await_optional(self) -> QueryResult<Option<T>>;
+}
+
+impl<T, F> AwaitOptional<T> for F
+where
+    F: std::future::Future<Output = QueryResult<T>>,
+{
+    async fn await_optional(self) -> QueryResult<Option<T>> {
+        self.await.optional()
+    }
+}

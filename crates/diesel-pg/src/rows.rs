@@ -1,0 +1,270 @@
+//! Row types and their conversions to and from the domain.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use diesel::prelude::*;
+use ipnet::IpNet;
+use plinth_domain::model::{
+    ClusterId, ClusterName, ClusterSpec, ControlPlaneCount, FlavorId, ImageId, Networking,
+    NodeAddresses, NodeName, NodeOrdinal, SecurityGroupChoice, SecurityGroupId, SubnetId, VmId,
+};
+use plinth_domain::ports::repo::{
+    ClusterDetails, ClusterSecurityGroups, ClusterSummary, NodePlacement, RepoError, VmIdentity,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::schema::{apiservernodes, etcdnodes, kubeclusters, vms};
+
+#[derive(Insertable)]
+#[diesel(table_name = kubeclusters)]
+pub(crate) struct NewClusterRow<'a> {
+    pub id: Uuid,
+    pub org_id: &'a str,
+    pub name: Option<&'a str>,
+    pub control_plane_count: i16,
+    pub subnet_id: &'a str,
+    pub flavor: &'a str,
+    pub image: &'a str,
+    pub requested_security_group_ids: Option<Vec<&'a str>>,
+    pub pod_cidr: IpNet,
+    pub service_cidr: IpNet,
+    pub dns_domain: &'a str,
+    pub api_server_port: i32,
+    pub control_plane_dns_name: &'a str,
+    pub ingress_wildcard_dns_name: &'a str,
+    pub ca_cert: &'a str,
+    pub ca_key: String,
+    pub etcd_ca_cert: &'a str,
+    pub etcd_ca_key: String,
+    pub front_proxy_ca_cert: &'a str,
+    pub front_proxy_ca_key: String,
+    pub sa_public_key: &'a str,
+    pub sa_private_key: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = etcdnodes)]
+pub(crate) struct NewEtcdNodeRow<'a> {
+    pub cluster_id: Uuid,
+    pub ordinal: i16,
+    pub node_name: &'a str,
+    pub vm_id: &'a str,
+    pub ipv4: IpNet,
+    pub ipv6: Option<IpNet>,
+    pub public_ipv4: Option<IpNet>,
+    pub cert: &'a str,
+    pub key: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = apiservernodes)]
+pub(crate) struct NewApiServerNodeRow<'a> {
+    pub cluster_id: Uuid,
+    pub ordinal: i16,
+    pub node_name: &'a str,
+    pub vm_id: &'a str,
+    pub ipv4: IpNet,
+    pub ipv6: Option<IpNet>,
+    pub public_ipv4: Option<IpNet>,
+    pub cert: &'a str,
+    pub key: String,
+    pub bootstrap_token_hash: &'a str,
+    pub bootstrap_token_expires_at: OffsetDateTime,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = kubeclusters, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ClusterSummaryRow {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub control_plane_count: i16,
+    pub control_plane_dns_name: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = kubeclusters, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ClusterDetailsRow {
+    #[diesel(embed)]
+    pub summary: ClusterSummaryRow,
+    pub subnet_id: String,
+    pub flavor: String,
+    pub image: String,
+    pub requested_security_group_ids: Option<Vec<String>>,
+    pub security_group_ids: Vec<String>,
+    pub created_security_group_id: Option<String>,
+    pub pod_cidr: IpNet,
+    pub service_cidr: IpNet,
+    pub dns_domain: String,
+    pub api_server_port: i32,
+    pub ingress_wildcard_dns_name: String,
+    pub ca_cert: String,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = apiservernodes, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct NodeRow {
+    pub ordinal: i16,
+    pub node_name: String,
+    pub vm_id: String,
+    pub ipv4: IpNet,
+    pub ipv6: Option<IpNet>,
+    pub public_ipv4: Option<IpNet>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = vms, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct VmRow {
+    pub id: String,
+    pub name: String,
+    pub ipv4: Option<IpNet>,
+    pub ipv6: Option<IpNet>,
+    pub public_ipv4: Option<IpNet>,
+}
+
+/// A stored value that breaks a domain rule: the row was written by something else, or edited.
+fn corrupt(what: impl std::fmt::Display) -> RepoError {
+    RepoError::Unexpected(format!("stored data is invalid: {what}"))
+}
+
+pub(crate) fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn v4(net: IpNet, what: &str) -> Result<Ipv4Addr, RepoError> {
+    match net.addr() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(ip) => Err(corrupt(format!("{what} {ip} is not IPv4"))),
+    }
+}
+
+fn v6(net: IpNet, what: &str) -> Result<Ipv6Addr, RepoError> {
+    match net.addr() {
+        IpAddr::V6(ip) => Ok(ip),
+        IpAddr::V4(ip) => Err(corrupt(format!("{what} {ip} is not IPv6"))),
+    }
+}
+
+impl VmRow {
+    pub(crate) fn into_identity(self) -> Result<VmIdentity, RepoError> {
+        Ok(VmIdentity {
+            id: VmId::parse(&self.id).map_err(|e| corrupt(format!("vm id: {e}")))?,
+            name: self.name,
+            ipv4: self.ipv4.map(|n| v4(n, "vm ipv4")).transpose()?,
+            ipv6: self.ipv6.map(|n| v6(n, "vm ipv6")).transpose()?,
+            public_ipv4: self
+                .public_ipv4
+                .map(|n| v4(n, "vm public ipv4"))
+                .transpose()?,
+        })
+    }
+}
+
+impl ClusterSummaryRow {
+    pub(crate) fn into_summary(self) -> Result<ClusterSummary, RepoError> {
+        Ok(ClusterSummary {
+            id: ClusterId::from_uuid(self.id),
+            name: self
+                .name
+                .as_deref()
+                .map(ClusterName::parse)
+                .transpose()
+                .map_err(|e| corrupt(format!("cluster {} name: {e}", self.id)))?,
+            control_plane_count: u8::try_from(self.control_plane_count)
+                .map_err(|_| corrupt(format!("cluster {} node count", self.id)))?,
+            control_plane_dns_name: self.control_plane_dns_name,
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl NodeRow {
+    pub(crate) fn into_placement(self, cluster: ClusterId) -> Result<NodePlacement, RepoError> {
+        let ordinal = u8::try_from(self.ordinal)
+            .ok()
+            .and_then(|n| NodeOrdinal::new(n).ok())
+            .ok_or_else(|| corrupt(format!("node ordinal {}", self.ordinal)))?;
+        let name = NodeName::new(cluster, ordinal);
+        if name.as_str() != self.node_name {
+            return Err(corrupt(format!(
+                "node {ordinal} of cluster {cluster} is named {:?}",
+                self.node_name
+            )));
+        }
+        Ok(NodePlacement {
+            ordinal,
+            name,
+            vm_id: VmId::parse(&self.vm_id).map_err(|e| corrupt(format!("node vm id: {e}")))?,
+            addresses: NodeAddresses {
+                ipv4: v4(self.ipv4, "node ipv4")?,
+                ipv6: self.ipv6.map(|n| v6(n, "node ipv6")).transpose()?,
+                public_ipv4: self
+                    .public_ipv4
+                    .map(|n| v4(n, "node public ipv4"))
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+impl ClusterDetailsRow {
+    pub(crate) fn into_details(self, nodes: Vec<NodeRow>) -> Result<ClusterDetails, RepoError> {
+        let summary = self.summary.into_summary()?;
+        let id = summary.id;
+        let bad =
+            |field: &str, e: &dyn std::fmt::Display| corrupt(format!("cluster {id} {field}: {e}"));
+        let group =
+            |raw: &String| SecurityGroupId::parse(raw).map_err(|e| bad("security group", &e));
+        let security_groups = match &self.requested_security_group_ids {
+            Some(ids) => {
+                SecurityGroupChoice::Given(ids.iter().map(group).collect::<Result<_, _>>()?)
+            }
+            None => SecurityGroupChoice::CreateForCluster,
+        };
+        let spec = ClusterSpec {
+            name: summary.name.clone(),
+            control_plane_count: ControlPlaneCount::new(i64::from(summary.control_plane_count))
+                .map_err(|e| bad("control_plane_count", &e))?,
+            subnet_id: SubnetId::parse(&self.subnet_id).map_err(|e| bad("subnet", &e))?,
+            flavor: FlavorId::parse(&self.flavor).map_err(|e| bad("flavor", &e))?,
+            image: ImageId::parse(&self.image).map_err(|e| bad("image", &e))?,
+            security_groups,
+        };
+        let v4net = |net: IpNet, field: &str| match net {
+            IpNet::V4(net) => Ok(net),
+            IpNet::V6(_) => Err(bad(field, &"not IPv4")),
+        };
+        let networking = Networking::new(
+            v4net(self.pod_cidr, "pod_cidr")?,
+            v4net(self.service_cidr, "service_cidr")?,
+            &self.dns_domain,
+            u16::try_from(self.api_server_port).map_err(|e| bad("api_server_port", &e))?,
+        )
+        .map_err(|e| bad("networking", &e))?;
+        Ok(ClusterDetails {
+            spec,
+            security_groups: ClusterSecurityGroups {
+                attached: self
+                    .security_group_ids
+                    .iter()
+                    .map(group)
+                    .collect::<Result<_, _>>()?,
+                created: self
+                    .created_security_group_id
+                    .as_ref()
+                    .map(group)
+                    .transpose()?,
+            },
+            networking,
+            ingress_wildcard_dns_name: self.ingress_wildcard_dns_name,
+            nodes: nodes
+                .into_iter()
+                .map(|n| n.into_placement(id))
+                .collect::<Result<_, _>>()?,
+            ca_cert_pem: self.ca_cert,
+            summary,
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! PostgreSQL going away mid-founding: every call returns `Unavailable` within the configured
+//! bounds — no panic, no hang — and the repository recovers when the server is back. Runs its
+//! own PostgreSQL (scripts/pg.sh on a private port and directory), as it stops it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use diesel::sql_query;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use plinth_diesel_pg::testing::{migrate_everything, url_for_database};
+use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
+use plinth_domain::model::{
+    ClusterId, ClusterSpec, ControlPlaneCount, FlavorId, ImageId, Networking, OrgId, SecretText,
+    SecurityGroupChoice, SubnetId, VmId,
+};
+use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use plinth_domain::ports::repo::{NewClusterRecord, PageRequest, Repo, RepoError};
+use time::OffsetDateTime;
+
+/// A PostgreSQL of this test's own, stopped and deleted when dropped.
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg.sh")
+    }
+
+    fn pg(&self, action: &str) -> String {
+        let output = Command::new(Self::script())
+            .arg(action)
+            .env("PLINTH_PG_DIR", &self.dir)
+            .env("PLINTH_PG_PORT", self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg.sh {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn start() -> (Self, String) {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("plinth-outage-pg-{}-{port}", std::process::id()));
+        let pg = Self { dir, port };
+        let url = pg.pg("start");
+        (pg, url)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .env("PLINTH_PG_DIR", &self.dir)
+            .env("PLINTH_PG_PORT", self.port.to_string())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn record() -> NewClusterRecord {
+    let id = ClusterId::new_random();
+    let cert = |label: &str| CertifiedKey {
+        cert_pem: format!("cert {label}"),
+        key_pem: SecretText::new(format!("key {label}")),
+    };
+    NewClusterRecord {
+        id,
+        org: OrgId::parse("org-a").unwrap(),
+        spec: ClusterSpec {
+            name: None,
+            control_plane_count: ControlPlaneCount::new(1).unwrap(),
+            subnet_id: SubnetId::parse("subnet-local").unwrap(),
+            flavor: FlavorId::parse("m1.medium").unwrap(),
+            image: ImageId::parse("debian-12").unwrap(),
+            security_groups: SecurityGroupChoice::CreateForCluster,
+        },
+        networking: Networking::default(),
+        control_plane_dns_name: format!("api.cluster-{id}.k8s.test"),
+        ingress_wildcard_dns_name: format!("*.apps.cluster-{id}.k8s.test"),
+        ca: ClusterCa {
+            root: cert("ca"),
+            etcd: cert("etcd-ca"),
+            front_proxy: cert("front-proxy-ca"),
+        },
+        service_account: ServiceAccountKeyPair {
+            public_key_pem: "pub".into(),
+            private_key_pem: SecretText::new("sa"),
+        },
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// Every call must end well inside this, given the repository's 2 s / 3 s bounds.
+const NO_HANG: Duration = Duration::from_secs(20);
+
+async fn unavailable<T>(what: &str, call: impl std::future::Future<Output = Result<T, RepoError>>) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(NO_HANG, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for {NO_HANG:?}"));
+    match result {
+        Err(RepoError::Unavailable(message)) => {
+            eprintln!(
+                "{what}: Unavailable after {:?}: {message}",
+                started.elapsed()
+            );
+        }
+        Err(other) => panic!("{what}: expected Unavailable, got {other}"),
+        Ok(_) => panic!("{what}: expected Unavailable, got success"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers() {
+    let (postgres, admin_url) = PrivatePostgres::start();
+    let mut admin = AsyncPgConnection::establish(&admin_url).await.unwrap();
+    sql_query("CREATE DATABASE outage")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let url = url_for_database(&admin_url, "outage");
+
+    let settings = PgSettings {
+        connect_timeout: Duration::from_secs(2),
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(3),
+        ..PgSettings::new(SecretText::new(&url))
+    };
+    let key = SecretText::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let repo = PgRepo::new(
+        &settings,
+        Envelope::new("k1", [("k1".to_owned(), key)]).unwrap(),
+    )
+    .unwrap();
+    // From an empty database, migrating applies everything once, then nothing.
+    assert_eq!(repo.migrate().await.unwrap().len(), 1);
+    assert!(repo.migrate().await.unwrap().is_empty());
+    migrate_everything(&url).await;
+
+    let record = record();
+    let mut tx = repo.begin().await.unwrap();
+    tx.insert_cluster(&record).await.unwrap();
+
+    postgres.pg("stop");
+
+    let vm = VmId::parse("vm-1").unwrap();
+    unavailable(
+        "reading VMs in the open transaction",
+        tx.vm_identities(std::slice::from_ref(&vm)),
+    )
+    .await;
+    unavailable("committing it", tx.commit()).await;
+    unavailable("beginning another founding", repo.begin()).await;
+    unavailable(
+        "reading a cluster",
+        repo.find_cluster(&record.org, record.id),
+    )
+    .await;
+    unavailable(
+        "listing clusters",
+        repo.list_clusters(
+            &record.org,
+            &PageRequest {
+                limit: 10,
+                after: None,
+            },
+        ),
+    )
+    .await;
+    unavailable("pinging", repo.ping()).await;
+
+    // Back up: the pool drops its dead connections and serves again. Nothing was committed.
+    postgres.pg("start");
+    tokio::time::timeout(NO_HANG, async {
+        while repo.ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the repository did not recover after PostgreSQL restarted");
+    assert!(
+        repo.find_cluster(&record.org, record.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The PIDs of a private server's processes: the postmaster and its children.
+fn server_pids(postgres: &PrivatePostgres) -> Vec<String> {
+    let pid_file = std::fs::read_to_string(postgres.dir.join("data/postmaster.pid")).unwrap();
+    let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+    let children = Command::new("pgrep")
+        .args(["-P", &postmaster])
+        .output()
+        .unwrap();
+    let mut pids = vec![postmaster];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    pids
+}
+
+fn signal(pids: &[String], signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_postgres_yields_unavailable_within_the_configured_bounds() {
+    let (postgres, admin_url) = PrivatePostgres::start();
+    let mut admin = AsyncPgConnection::establish(&admin_url).await.unwrap();
+    sql_query("CREATE DATABASE hung")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    let url = url_for_database(&admin_url, "hung");
+    let settings = PgSettings {
+        connect_timeout: Duration::from_secs(1),
+        acquire_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(2),
+        ..PgSettings::new(SecretText::new(&url))
+    };
+    let key = SecretText::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let repo = PgRepo::new(
+        &settings,
+        Envelope::new("k1", [("k1".to_owned(), key)]).unwrap(),
+    )
+    .unwrap();
+    migrate_everything(&url).await;
+    let record = record();
+    let mut tx = repo.begin().await.unwrap();
+    tx.insert_cluster(&record).await.unwrap();
+
+    // Freeze the server (our own processes): it accepts TCP but never answers.
+    let pids = server_pids(&postgres);
+    signal(&pids, "-STOP");
+    let started = Instant::now();
+    let vm = VmId::parse("vm-1").unwrap();
+    unavailable(
+        "a statement on a frozen server",
+        tx.vm_identities(std::slice::from_ref(&vm)),
+    )
+    .await;
+    let statement_bound = started.elapsed();
+    unavailable("a new founding on a frozen server", repo.begin()).await;
+    unavailable(
+        "a read on a frozen server",
+        repo.find_cluster(&record.org, record.id),
+    )
+    .await;
+    signal(&pids, "-CONT");
+
+    // The statement gave up at its bound, not before and not much after.
+    assert!(
+        statement_bound >= Duration::from_secs(2) && statement_bound < Duration::from_secs(6),
+        "the statement took {statement_bound:?} to give up"
+    );
+    drop(tx);
+    tokio::time::timeout(NO_HANG, async {
+        while repo.ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the repository did not recover after PostgreSQL resumed");
+}

@@ -1,0 +1,3 @@
+DROP TABLE apiservernodes;
+DROP TABLE etcdnodes;
+DROP TABLE kubeclusters;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 for the tests and the local stack. It runs as the `postgres` user
+# (the server refuses to run as root), listens on 127.0.0.1 only, and keeps its data under
+# PLINTH_PG_DIR. It trades durability for speed (fsync off): never point it at data you keep.
+#
+#   scripts/pg.sh start   initialise if needed, start, create the `plinth` role; prints the URL
+#   scripts/pg.sh stop    fast shutdown of this data directory's server (if it runs)
+#   scripts/pg.sh status  exit 0 if it runs
+#   scripts/pg.sh url     the admin URL (role `plinth`, database `postgres`)
+#
+# Settings (environment): PLINTH_PG_DIR (default <repo>/.dev/pg), PLINTH_PG_PORT (default 55432).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${PLINTH_PG_DIR:-$root/.dev/pg}
+port=${PLINTH_PG_PORT:-55432}
+bin=${PLINTH_PG_BIN:-/usr/lib/postgresql/15/bin}
+role=plinth
+password=plinth
+url="postgres://$role:$password@127.0.0.1:$port/postgres"
+
+# Run a PostgreSQL program as the postgres user (directly when we already are that user).
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+running() {
+  [ -f "$dir/data/postmaster.pid" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
+}
+
+case "${1:-}" in
+  start)
+    [ -x "$bin/postgres" ] || { echo "pg.sh: PostgreSQL 15 is not installed under $bin" >&2; exit 1; }
+    if ! running; then
+      mkdir -p "$dir"
+      [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+      if [ ! -f "$dir/data/PG_VERSION" ]; then
+        as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust \
+          --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+          || { cat "$dir/initdb.log" >&2; exit 1; }
+      fi
+      as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >/dev/null || { tail -n 20 "$dir/server.log" >&2; exit 1; }
+    fi
+    as_postgres "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA <<SQL >/dev/null
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN CREATEDB PASSWORD '$password';
+  END IF;
+END \$\$;
+SQL
+    echo "$url"
+    ;;
+  stop)
+    if running; then
+      as_postgres "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+    fi
+    ;;
+  status)
+    running
+    ;;
+  url)
+    echo "$url"
+    ;;
+  *)
+    echo "usage: $0 start|stop|status|url" >&2
+    exit 2
+    ;;
+esac
