@@ -27,7 +27,7 @@ run: ## the local stack (arrives with the service)
 	@exit 1
 
 bench: ## benchmarks that print their numbers (see docs/BENCHMARKS.md)
-	$(CARGO) bench --workspace
+	scripts/with-test-services.sh $(CARGO) bench --workspace
 
 clean: ## build output and the local stack's state
 	$(CARGO) clean

@@ -1,0 +1,687 @@
+//! The HTTP API of DESIGN.md §5: JSON, a bearer service token, RFC 9457 problem+json errors,
+//! OpenAPI at `GET /openapi.json`, and `/admin/faults` to change fault injection at run time.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::faults::{FaultRule, FaultState, Faults, Operation, Verdict};
+use crate::store::{NewVm, Store, StoreError, Vm};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Live fault rules.
+    pub faults: Faults,
+    /// The bearer token callers must present.
+    pub token: String,
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+/// An RFC 9457 problem.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+/// An error answered as `application/problem+json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    fn injected(status: u16) -> Self {
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "injected fault",
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+        };
+        let mut response = HttpResponse::build(self.status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(problem)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            StoreError::Conflict(m) | StoreError::Exhausted(m) => {
+                Self::new(StatusCode::CONFLICT, m)
+            }
+            StoreError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+            StoreError::Database(m) => {
+                tracing::error!(error = %m, "database failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable",
+                )
+            }
+        }
+    }
+}
+
+/// Body, path and query errors become problem+json 400s that say what was wrong.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(256 * 1024)
+        .error_handler(|e, _| ApiError::bad_request(format!("invalid JSON body: {e}")).into())
+}
+
+/// Unknown routes.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(StatusCode::NOT_FOUND, "no such route"))
+}
+
+// ---- authentication ---------------------------------------------------------------------------
+
+/// Proof that the caller presented the service token.
+#[derive(Debug)]
+pub struct Authenticated;
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<AppState>>()
+            .map(|state| state.token.as_bytes().to_vec())
+            .unwrap_or_default();
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes);
+        let ok = match presented {
+            Some(token) => !expected.is_empty() && constant_time_eq(token, &expected),
+            None => false,
+        };
+        std::future::ready(if ok {
+            Ok(Self)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer service token is required",
+            ))
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Applies the fault rule of `operation` before the work; returns whether to fail after it.
+async fn faults_before(state: &AppState, operation: Operation) -> Result<Option<u16>, ApiError> {
+    match state.faults.enter(operation).await {
+        Verdict::Proceed => Ok(None),
+        Verdict::FailBefore(status) => Err(ApiError::injected(status)),
+        Verdict::FailAfter(status) => Ok(Some(status)),
+    }
+}
+
+fn fail_after(status: Option<u16>) -> Result<(), ApiError> {
+    status.map_or(Ok(()), |s| Err(ApiError::injected(s)))
+}
+
+// ---- wire types -------------------------------------------------------------------------------
+
+/// A subnet's ranges.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubnetBody {
+    /// Id.
+    pub id: String,
+    /// IPv4 range, e.g. `127.10.0.0/24`.
+    pub ipv4_cidr: String,
+    /// IPv6 range, e.g. `fd00:10::/64`.
+    pub ipv6_cidr: Option<String>,
+}
+
+/// A security group to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSecurityGroupBody {
+    /// Name.
+    pub name: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A security group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroupBody {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An ingress rule to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRuleBody {
+    /// `any`, `tcp` or `udp`.
+    pub protocol: String,
+    /// The port, for `tcp` and `udp`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Where traffic may come from, e.g. `0.0.0.0/0`.
+    pub remote_cidr: String,
+}
+
+/// An ingress rule.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RuleBody {
+    /// Id.
+    pub id: String,
+    /// Its group.
+    pub security_group_id: String,
+    /// `any`, `tcp` or `udp`.
+    pub protocol: String,
+    /// Port for `tcp`/`udp`.
+    pub port: Option<u16>,
+    /// Source range.
+    pub remote_cidr: String,
+}
+
+/// A VM to create.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVmBody {
+    /// Name.
+    pub name: String,
+    /// Size.
+    pub flavor: String,
+    /// Image.
+    pub image: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Groups to attach.
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Userdata (at most 64 KiB).
+    #[serde(default)]
+    pub user_data: String,
+}
+
+/// A VM.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VmBody {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `running`.
+    pub status: String,
+    /// Private IPv4.
+    pub ipv4: Option<String>,
+    /// IPv6.
+    pub ipv6: Option<String>,
+    /// Public IPv4.
+    pub public_ipv4: Option<String>,
+    /// Size.
+    pub flavor: String,
+    /// Image.
+    pub image: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Groups.
+    pub security_group_ids: Vec<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Userdata.
+    pub user_data: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+fn address(net: Option<IpNet>) -> Option<String> {
+    net.map(|n| n.addr().to_string())
+}
+
+fn tags_from(value: serde_json::Value) -> BTreeMap<String, String> {
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+impl From<Vm> for VmBody {
+    fn from(vm: Vm) -> Self {
+        Self {
+            id: vm.id,
+            name: vm.name,
+            status: vm.status,
+            ipv4: address(vm.ipv4),
+            ipv6: address(vm.ipv6),
+            public_ipv4: address(vm.public_ipv4),
+            flavor: vm.flavor,
+            image: vm.image,
+            subnet_id: vm.subnet_id,
+            security_group_ids: vm.security_group_ids,
+            tags: tags_from(vm.tags),
+            user_data: vm.user_data,
+            created_at: vm
+                .created_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Fault rules to set: an operation mapped to a rule, or to `null` to remove its rule.
+pub type FaultUpdate = BTreeMap<Operation, Option<FaultRule>>;
+
+// ---- checks -----------------------------------------------------------------------------------
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field} must have 1 to {max} characters and no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if tags.len() > 50 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at most 50 tags",
+        ));
+    }
+    for (key, value) in tags {
+        check_name("a tag key", key, 128)?;
+        if value.len() > 256 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("tag {key} has a value over 256 characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---- handlers ---------------------------------------------------------------------------------
+
+/// Read a subnet's address ranges.
+#[utoipa::path(get, path = "/v1/subnets/{id}", tag = "compute",
+    params(("id" = String, Path, description = "Subnet id")),
+    responses((status = 200, body = SubnetBody), (status = 404, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_subnet(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<SubnetBody>, ApiError> {
+    let after = faults_before(&state, Operation::GetSubnet).await?;
+    let subnet = state.store.subnet(&id).await?;
+    fail_after(after)?;
+    Ok(web::Json(SubnetBody {
+        id: subnet.id,
+        ipv4_cidr: subnet.ipv4_cidr.to_string(),
+        ipv6_cidr: subnet.ipv6_cidr.map(|n| n.to_string()),
+    }))
+}
+
+/// Create a security group (no rules yet).
+#[utoipa::path(post, path = "/v1/security-groups", tag = "compute", request_body = NewSecurityGroupBody,
+    responses((status = 201, body = SecurityGroupBody), (status = 422, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_security_group(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<NewSecurityGroupBody>,
+) -> Result<HttpResponse, ApiError> {
+    check_name("name", &body.name, 255)?;
+    check_tags(&body.tags)?;
+    let after = faults_before(&state, Operation::CreateSecurityGroup).await?;
+    let tags = serde_json::to_value(&body.tags).unwrap_or_default();
+    let group = state.store.create_security_group(&body.name, tags).await?;
+    fail_after(after)?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("/v1/security-groups/{}", group.id),
+        ))
+        .json(SecurityGroupBody {
+            id: group.id,
+            name: group.name,
+            tags: tags_from(group.tags),
+        }))
+}
+
+/// Add an ingress rule to a security group.
+#[utoipa::path(post, path = "/v1/security-groups/{id}/rules", tag = "compute", request_body = NewRuleBody,
+    params(("id" = String, Path, description = "Security group id")),
+    responses((status = 201, body = RuleBody), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn add_rule(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<NewRuleBody>,
+) -> Result<HttpResponse, ApiError> {
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let remote: IpNet = body
+        .remote_cidr
+        .parse()
+        .or_else(|_| body.remote_cidr.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| unprocessable(format!("remote_cidr {:?} is not a CIDR", body.remote_cidr)))?;
+    match (body.protocol.as_str(), body.port) {
+        ("any", None) | ("tcp" | "udp", Some(1..)) => {}
+        ("any", Some(_)) => return Err(unprocessable("protocol any takes no port".into())),
+        ("tcp" | "udp", _) => {
+            return Err(unprocessable(
+                "tcp and udp rules need a port from 1 to 65535".into(),
+            ));
+        }
+        (other, _) => {
+            return Err(unprocessable(format!(
+                "protocol must be any, tcp or udp, got {other:?}"
+            )));
+        }
+    }
+    let after = faults_before(&state, Operation::AddRule).await?;
+    let rule = state
+        .store
+        .add_rule(&id, &body.protocol, body.port, remote)
+        .await?;
+    fail_after(after)?;
+    Ok(HttpResponse::Created().json(RuleBody {
+        id: rule.id,
+        security_group_id: rule.group_id,
+        protocol: rule.protocol,
+        port: rule.port.and_then(|p| u16::try_from(p).ok()),
+        remote_cidr: rule.remote_cidr.to_string(),
+    }))
+}
+
+/// Delete a security group; refused (409) while a VM uses it.
+#[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "compute",
+    params(("id" = String, Path, description = "Security group id")),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_security_group(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let after = faults_before(&state, Operation::DeleteSecurityGroup).await?;
+    state.store.delete_security_group(&id).await?;
+    fail_after(after)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Create a VM. Its row, with its addresses, is committed before this answers. With an
+/// `Idempotency-Key` header, a retry of the same request returns the same VM.
+#[utoipa::path(post, path = "/v1/vms", tag = "compute", request_body = NewVmBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses((status = 201, body = VmBody), (status = 200, description = "A retry: the VM the first request created", body = VmBody),
+        (status = 409, description = "No address left", body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_vm(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<NewVmBody>,
+) -> Result<HttpResponse, ApiError> {
+    check_name("name", &body.name, 255)?;
+    check_name("flavor", &body.flavor, 128)?;
+    check_name("image", &body.image, 128)?;
+    check_name("subnet_id", &body.subnet_id, 128)?;
+    check_tags(&body.tags)?;
+    if body.user_data.len() > 64 * 1024 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "user_data is over 64 KiB",
+        ));
+    }
+    let key = match request.headers().get("Idempotency-Key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible characters")
+                })?;
+            let fingerprint = serde_json::to_string(&*body).unwrap_or_default();
+            Some((key.to_owned(), fingerprint))
+        }
+    };
+    let after = faults_before(&state, Operation::CreateVm).await?;
+    let vm = NewVm {
+        name: body.name.clone(),
+        flavor: body.flavor.clone(),
+        image: body.image.clone(),
+        subnet_id: body.subnet_id.clone(),
+        security_group_ids: body.security_group_ids.clone(),
+        tags: serde_json::to_value(&body.tags).unwrap_or_default(),
+        user_data: body.user_data.clone(),
+    };
+    let (vm, created) = state.store.create_vm(vm, key).await?;
+    fail_after(after)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header((header::LOCATION, format!("/v1/vms/{}", vm.id)))
+        .json(VmBody::from(vm)))
+}
+
+/// Read a VM, with its userdata.
+#[utoipa::path(get, path = "/v1/vms/{id}", tag = "compute",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, body = VmBody), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_vm(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<VmBody>, ApiError> {
+    let after = faults_before(&state, Operation::GetVm).await?;
+    let vm = state.store.vm(&id).await?;
+    fail_after(after)?;
+    Ok(web::Json(vm.into()))
+}
+
+/// Delete a VM, freeing its addresses.
+#[utoipa::path(delete, path = "/v1/vms/{id}", tag = "compute",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 204), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_vm(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let after = faults_before(&state, Operation::DeleteVm).await?;
+    state.store.delete_vm(&id).await?;
+    fail_after(after)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The fault rules in force, with their counters.
+#[utoipa::path(get, path = "/admin/faults", tag = "admin",
+    responses((status = 200, body = BTreeMap<String, FaultState>)), security(("bearer" = [])))]
+pub async fn get_faults(_: Authenticated, state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.faults.snapshot())
+}
+
+/// Set or remove fault rules: `{"create_vm": {"latency_ms": 200}, "get_vm": null}` (an
+/// operation mapped to `null` loses its rule).
+#[utoipa::path(put, path = "/admin/faults", tag = "admin", request_body = BTreeMap<String, FaultRule>,
+    responses((status = 200, body = BTreeMap<String, FaultState>), (status = 400, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_faults(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    body: web::Json<FaultUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    for (operation, rule) in body.iter() {
+        if let Some(rule) = rule {
+            rule.validate().map_err(|why| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{operation:?}: {why}"),
+                )
+            })?;
+        }
+    }
+    for (operation, rule) in body.into_inner() {
+        state.faults.set(operation, rule);
+    }
+    Ok(HttpResponse::Ok().json(state.faults.snapshot()))
+}
+
+/// Remove every fault rule.
+#[utoipa::path(delete, path = "/admin/faults", tag = "admin", responses((status = 204)), security(("bearer" = [])))]
+pub async fn delete_faults(_: Authenticated, state: web::Data<AppState>) -> HttpResponse {
+    state.faults.clear();
+    HttpResponse::NoContent().finish()
+}
+
+/// Process up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Database reachable.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200), (status = 503, body = Problem)))]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.store.ping().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "plinth compute service", description = "The compute contract plinth drives (DESIGN.md §5): subnets, security groups, VMs."),
+    paths(get_subnet, create_security_group, add_rule, delete_security_group, create_vm, get_vm,
+          delete_vm, get_faults, put_faults, delete_faults, healthz, readyz),
+    components(schemas(Problem, SubnetBody, NewSecurityGroupBody, SecurityGroupBody, NewRuleBody,
+                       RuleBody, NewVmBody, VmBody, FaultRule, FaultState, Operation)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .body(openapi_document().to_json().unwrap_or_default())
+}
+
+/// Registers every route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .app_data(json_config())
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| ApiError::bad_request(e.to_string()).into()),
+        )
+        .route("/v1/subnets/{id}", web::get().to(get_subnet))
+        .route("/v1/security-groups", web::post().to(create_security_group))
+        .route("/v1/security-groups/{id}/rules", web::post().to(add_rule))
+        .route(
+            "/v1/security-groups/{id}",
+            web::delete().to(delete_security_group),
+        )
+        .route("/v1/vms", web::post().to(create_vm))
+        .route("/v1/vms/{id}", web::get().to(get_vm))
+        .route("/v1/vms/{id}", web::delete().to(delete_vm))
+        .route("/admin/faults", web::get().to(get_faults))
+        .route("/admin/faults", web::put().to(put_faults))
+        .route("/admin/faults", web::delete().to(delete_faults))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/openapi.json", web::get().to(openapi_json));
+}
+
+/// Shared state for the app factory.
+pub fn state(store: Store, faults: Faults, token: String) -> web::Data<AppState> {
+    web::Data::from(Arc::new(AppState {
+        store,
+        faults,
+        token,
+    }))
+}

@@ -1,0 +1,603 @@
+//! The compute service's state in PostgreSQL: subnets, security groups and rules, VMs with their
+//! addresses, idempotency keys.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::alloc::{free_pool_ipv4, free_subnet_ipv4, free_subnet_ipv6};
+
+/// The compute service's migrations.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+mod schema {
+    diesel::table! {
+        subnets (id) {
+            id -> Text,
+            ipv4_cidr -> Cidr,
+            ipv6_cidr -> Nullable<Cidr>,
+            public_pool -> Nullable<Cidr>,
+            created_at -> Timestamptz,
+        }
+    }
+    diesel::table! {
+        security_groups (id) {
+            id -> Text,
+            name -> Text,
+            tags -> Jsonb,
+            created_at -> Timestamptz,
+        }
+    }
+    diesel::table! {
+        security_group_rules (id) {
+            id -> Text,
+            group_id -> Text,
+            protocol -> Text,
+            port -> Nullable<Int4>,
+            remote_cidr -> Cidr,
+            created_at -> Timestamptz,
+        }
+    }
+    diesel::table! {
+        vms (id) {
+            id -> Text,
+            name -> Text,
+            status -> Text,
+            ipv4 -> Nullable<Inet>,
+            ipv6 -> Nullable<Inet>,
+            public_ipv4 -> Nullable<Inet>,
+            flavor -> Text,
+            image -> Text,
+            subnet_id -> Text,
+            security_group_ids -> Array<Text>,
+            tags -> Jsonb,
+            user_data -> Text,
+            created_at -> Timestamptz,
+        }
+    }
+    diesel::table! {
+        idempotency_keys (key) {
+            key -> Text,
+            request_fingerprint -> Text,
+            vm_id -> Text,
+            created_at -> Timestamptz,
+        }
+    }
+}
+
+use schema::{idempotency_keys, security_group_rules, security_groups, subnets, vms};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The resource's state forbids the call.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request refers to something that does not exist or breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// No address is left.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+/// A subnet as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = subnets, check_for_backend(diesel::pg::Pg))]
+pub struct Subnet {
+    /// Id, e.g. `subnet-local`.
+    pub id: String,
+    /// IPv4 range.
+    pub ipv4_cidr: IpNet,
+    /// IPv6 range.
+    pub ipv6_cidr: Option<IpNet>,
+    /// Public IPv4 pool.
+    pub public_pool: Option<IpNet>,
+}
+
+/// A subnet to seed from configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSeed {
+    /// Id.
+    pub id: String,
+    /// IPv4 range.
+    pub ipv4_cidr: Ipv4Net,
+    /// IPv6 range.
+    #[serde(default)]
+    pub ipv6_cidr: Option<Ipv6Net>,
+    /// Public IPv4 pool.
+    #[serde(default)]
+    pub public_pool: Option<Ipv4Net>,
+}
+
+/// A security group as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = security_groups, check_for_backend(diesel::pg::Pg))]
+pub struct SecurityGroup {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Tags (a JSON object of strings).
+    pub tags: Value,
+}
+
+/// A rule as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = security_group_rules, check_for_backend(diesel::pg::Pg))]
+pub struct Rule {
+    /// Id.
+    pub id: String,
+    /// Its group.
+    pub group_id: String,
+    /// `any`, `tcp` or `udp`.
+    pub protocol: String,
+    /// Port for tcp/udp.
+    pub port: Option<i32>,
+    /// Where traffic may come from.
+    pub remote_cidr: IpNet,
+}
+
+/// A VM as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = vms, check_for_backend(diesel::pg::Pg))]
+pub struct Vm {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `running`.
+    pub status: String,
+    /// Private IPv4.
+    pub ipv4: Option<IpNet>,
+    /// IPv6.
+    pub ipv6: Option<IpNet>,
+    /// Public IPv4.
+    pub public_ipv4: Option<IpNet>,
+    /// Size.
+    pub flavor: String,
+    /// Image.
+    pub image: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Groups.
+    pub security_group_ids: Vec<String>,
+    /// Tags.
+    pub tags: Value,
+    /// Userdata.
+    pub user_data: String,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+}
+
+/// A VM to create.
+#[derive(Debug, Clone)]
+pub struct NewVm {
+    /// Name.
+    pub name: String,
+    /// Size.
+    pub flavor: String,
+    /// Image.
+    pub image: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Groups.
+    pub security_group_ids: Vec<String>,
+    /// Tags.
+    pub tags: Value,
+    /// Userdata.
+    pub user_data: String,
+}
+
+/// The compute service's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+impl Store {
+    /// A pool of `max_connections` to `url`, each wait and connect bounded by `timeout`.
+    pub fn new(url: &str, max_connections: usize, timeout: Duration) -> anyhow::Result<Self> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()?;
+        Ok(Self { pool })
+    }
+
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Database(format!("no database connection: {e}")))
+    }
+
+    /// Applies the compute service's migrations (needs a multi-threaded runtime).
+    pub async fn migrate(&self) -> anyhow::Result<usize> {
+        let conn = self.conn().await?;
+        let mut harness = AsyncMigrationHarness::new(conn);
+        let applied = harness
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("migrating: {e}"))?;
+        Ok(applied.len())
+    }
+
+    /// Creates or updates the configured subnets.
+    pub async fn seed_subnets(&self, seeds: &[SubnetSeed]) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        for seed in seeds {
+            let row = (
+                subnets::id.eq(&seed.id),
+                subnets::ipv4_cidr.eq(IpNet::V4(seed.ipv4_cidr)),
+                subnets::ipv6_cidr.eq(seed.ipv6_cidr.map(IpNet::V6)),
+                subnets::public_pool.eq(seed.public_pool.map(IpNet::V4)),
+            );
+            diesel::insert_into(subnets::table)
+                .values(row)
+                .on_conflict(subnets::id)
+                .do_update()
+                .set(row)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+            .get_result::<i32>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// One subnet.
+    pub async fn subnet(&self, id: &str) -> Result<Subnet, StoreError> {
+        let mut conn = self.conn().await?;
+        subnets::table
+            .find(id)
+            .select(Subnet::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("subnet {id} does not exist")))
+    }
+
+    /// Creates a security group without rules.
+    pub async fn create_security_group(
+        &self,
+        name: &str,
+        tags: Value,
+    ) -> Result<SecurityGroup, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::insert_into(security_groups::table)
+            .values((
+                security_groups::id.eq(new_id("sg")),
+                security_groups::name.eq(name),
+                security_groups::tags.eq(tags),
+            ))
+            .returning(SecurityGroup::as_returning())
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    /// Adds an ingress rule to a group.
+    pub async fn add_rule(
+        &self,
+        group: &str,
+        protocol: &str,
+        port: Option<u16>,
+        remote: IpNet,
+    ) -> Result<Rule, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = diesel::insert_into(security_group_rules::table)
+            .values((
+                security_group_rules::id.eq(new_id("rule")),
+                security_group_rules::group_id.eq(group),
+                security_group_rules::protocol.eq(protocol),
+                security_group_rules::port.eq(port.map(i32::from)),
+                security_group_rules::remote_cidr.eq(remote.trunc()),
+            ))
+            .returning(Rule::as_returning())
+            .get_result(&mut conn)
+            .await;
+        match result {
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                _,
+            )) => Err(StoreError::NotFound(format!(
+                "security group {group} does not exist"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    /// Deletes a security group that no VM uses.
+    pub async fn delete_security_group(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let id = id.to_owned();
+        conn.transaction::<_, StoreError, _>(async |c| {
+            let group = security_groups::table
+                .find(&id)
+                .select(security_groups::id)
+                .for_update()
+                .first::<String>(c)
+                .await
+                .optional()?;
+            if group.is_none() {
+                return Err(StoreError::NotFound(format!(
+                    "security group {id} does not exist"
+                )));
+            }
+            let users: Vec<String> = vms::table
+                .filter(vms::security_group_ids.contains(vec![id.clone()]))
+                .select(vms::id)
+                .limit(5)
+                .load(c)
+                .await?;
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "security group {id} is still used by {}",
+                    users.join(", ")
+                )));
+            }
+            diesel::delete(security_groups::table.find(&id))
+                .execute(c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates a VM with fresh addresses, committed before this returns. With an idempotency key,
+    /// a repeat of the same request returns the VM the first one made (`false`: not created now).
+    pub async fn create_vm(
+        &self,
+        vm: NewVm,
+        idempotency: Option<(String, String)>,
+    ) -> Result<(Vm, bool), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, StoreError, _>(async |c| {
+            if let Some((key, fingerprint)) = &idempotency {
+                // Serialises retries of one key; other keys proceed in parallel.
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('idempotency:' || $1))")
+                    .bind::<Text, _>(key)
+                    .execute(c)
+                    .await?;
+                let earlier: Option<(String, String)> = idempotency_keys::table
+                    .find(key)
+                    .select((
+                        idempotency_keys::request_fingerprint,
+                        idempotency_keys::vm_id,
+                    ))
+                    .first(c)
+                    .await
+                    .optional()?;
+                if let Some((earlier_fingerprint, vm_id)) = earlier {
+                    if &earlier_fingerprint != fingerprint {
+                        return Err(StoreError::Invalid(format!(
+                            "Idempotency-Key {key} was used with a different request"
+                        )));
+                    }
+                    let existing = vms::table
+                        .find(&vm_id)
+                        .select(Vm::as_select())
+                        .first(c)
+                        .await?;
+                    return Ok((existing, false));
+                }
+            }
+
+            // Locking the subnet row serialises address choice within the subnet.
+            let subnet: Subnet = subnets::table
+                .find(&vm.subnet_id)
+                .select(Subnet::as_select())
+                .for_update()
+                .first(c)
+                .await
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("subnet {} does not exist", vm.subnet_id))
+                })?;
+            if !vm.security_group_ids.is_empty() {
+                let known: Vec<String> = security_groups::table
+                    .filter(security_groups::id.eq_any(&vm.security_group_ids))
+                    .select(security_groups::id)
+                    .load(c)
+                    .await?;
+                let missing: Vec<&String> = vm
+                    .security_group_ids
+                    .iter()
+                    .filter(|id| !known.contains(id))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "security groups do not exist: {}",
+                        missing
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            let (ipv4, ipv6) = allocate_private(c, &subnet).await?;
+            let public_ipv4 = allocate_public(c, &subnet).await?;
+            let created: Vm = diesel::insert_into(vms::table)
+                .values((
+                    vms::id.eq(new_id("vm")),
+                    vms::name.eq(&vm.name),
+                    vms::status.eq("running"),
+                    vms::ipv4.eq(Some(IpNet::from(IpAddr::V4(ipv4)))),
+                    vms::ipv6.eq(ipv6.map(|ip| IpNet::from(IpAddr::V6(ip)))),
+                    vms::public_ipv4.eq(public_ipv4.map(|ip| IpNet::from(IpAddr::V4(ip)))),
+                    vms::flavor.eq(&vm.flavor),
+                    vms::image.eq(&vm.image),
+                    vms::subnet_id.eq(&vm.subnet_id),
+                    vms::security_group_ids.eq(&vm.security_group_ids),
+                    vms::tags.eq(&vm.tags),
+                    vms::user_data.eq(&vm.user_data),
+                ))
+                .returning(Vm::as_returning())
+                .get_result(c)
+                .await?;
+            if let Some((key, fingerprint)) = &idempotency {
+                diesel::insert_into(idempotency_keys::table)
+                    .values((
+                        idempotency_keys::key.eq(key),
+                        idempotency_keys::request_fingerprint.eq(fingerprint),
+                        idempotency_keys::vm_id.eq(&created.id),
+                    ))
+                    .execute(c)
+                    .await?;
+            }
+            Ok((created, true))
+        })
+        .await
+    }
+
+    /// One VM.
+    pub async fn vm(&self, id: &str) -> Result<Vm, StoreError> {
+        let mut conn = self.conn().await?;
+        vms::table
+            .find(id)
+            .select(Vm::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("VM {id} does not exist")))
+    }
+
+    /// Deletes a VM, freeing its addresses.
+    pub async fn delete_vm(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let deleted = diesel::delete(vms::table.find(id))
+            .execute(&mut conn)
+            .await?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("VM {id} does not exist")));
+        }
+        Ok(())
+    }
+}
+
+async fn allocate_private(
+    c: &mut AsyncPgConnection,
+    subnet: &Subnet,
+) -> Result<(Ipv4Addr, Option<Ipv6Addr>), StoreError> {
+    let IpNet::V4(v4_range) = subnet.ipv4_cidr else {
+        return Err(StoreError::Database(format!(
+            "subnet {} has no IPv4 range",
+            subnet.id
+        )));
+    };
+    let taken: Vec<(Option<IpNet>, Option<IpNet>)> = vms::table
+        .filter(vms::subnet_id.eq(&subnet.id))
+        .select((vms::ipv4, vms::ipv6))
+        .load(c)
+        .await?;
+    let used_v4: HashSet<Ipv4Addr> = taken
+        .iter()
+        .filter_map(|(v4, _)| match v4.map(|n| n.addr()) {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    let ipv4 = free_subnet_ipv4(v4_range, &used_v4).ok_or_else(|| {
+        StoreError::Exhausted(format!(
+            "subnet {} ({v4_range}) has no free IPv4 address left",
+            subnet.id
+        ))
+    })?;
+    let ipv6 = match subnet.ipv6_cidr {
+        Some(IpNet::V6(v6_range)) => {
+            let used_v6: HashSet<Ipv6Addr> = taken
+                .iter()
+                .filter_map(|(_, v6)| match v6.map(|n| n.addr()) {
+                    Some(IpAddr::V6(ip)) => Some(ip),
+                    _ => None,
+                })
+                .collect();
+            Some(free_subnet_ipv6(v6_range, &used_v6).ok_or_else(|| {
+                StoreError::Exhausted(format!(
+                    "subnet {} ({v6_range}) has no free IPv6 address left",
+                    subnet.id
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    Ok((ipv4, ipv6))
+}
+
+async fn allocate_public(
+    c: &mut AsyncPgConnection,
+    subnet: &Subnet,
+) -> Result<Option<Ipv4Addr>, StoreError> {
+    let Some(IpNet::V4(pool)) = subnet.public_pool else {
+        return Ok(None);
+    };
+    // Subnets may share a pool: serialise on the pool, not only on the subnet.
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('public-pool:' || $1))")
+        .bind::<Text, _>(pool.to_string())
+        .execute(c)
+        .await?;
+    let taken: Vec<Option<IpNet>> = vms::table
+        .filter(vms::public_ipv4.is_not_null())
+        .select(vms::public_ipv4)
+        .load(c)
+        .await?;
+    let used: HashSet<Ipv4Addr> = taken
+        .into_iter()
+        .filter_map(|n| match n.map(|n| n.addr()) {
+            Some(IpAddr::V4(ip)) if pool.contains(&ip) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    free_pool_ipv4(pool, &used).map(Some).ok_or_else(|| {
+        StoreError::Exhausted(format!(
+            "public address pool {pool} has no free address left"
+        ))
+    })
+}

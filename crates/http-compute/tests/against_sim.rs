@@ -1,0 +1,425 @@
+//! The `Compute` adapter against the real compute service over HTTP on loopback (on a real
+//! PostgreSQL): every call, every injected fault as the right error within its bounds, retries
+//! that never create a second VM, and address allocation under concurrency and exhaustion.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use plinth_compute_sim::store::SubnetSeed;
+use plinth_compute_sim::{RunningSim, SimSettings, start};
+use plinth_diesel_pg::testing::TestDatabase;
+use plinth_domain::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
+use plinth_domain::ports::compute::{
+    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol,
+};
+use plinth_http_compute::{HttpCompute, HttpComputeSettings};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-compute-token";
+
+struct Fixture {
+    db: TestDatabase,
+    sim: RunningSim,
+    compute: HttpCompute,
+}
+
+/// A 5-address subnet without public addresses, for exhaustion.
+fn tiny_subnet() -> SubnetSeed {
+    SubnetSeed {
+        id: "subnet-tiny".into(),
+        ipv4_cidr: "10.250.0.0/29".parse().unwrap(),
+        ipv6_cidr: None,
+        public_pool: None,
+    }
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::start_with(|s| s).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(HttpComputeSettings) -> HttpComputeSettings) -> Self {
+        let db = TestDatabase::create().await;
+        let mut settings = SimSettings::new(db.url(), TOKEN);
+        settings.subnets.push(tiny_subnet());
+        let sim = start(settings).await.unwrap();
+        let mut client = HttpComputeSettings::new(&sim.base_url(), SecretText::new(TOKEN));
+        client.request_timeout = Duration::from_secs(2);
+        client.backoff_base = Duration::from_millis(20);
+        let compute = HttpCompute::new(adjust(client)).unwrap();
+        Self { db, sim, compute }
+    }
+
+    /// Sets fault rules through the admin endpoint.
+    async fn faults(&self, rules: Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/admin/faults", self.sim.base_url()))
+            .bearer_auth(TOKEN)
+            .json(&rules)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+
+    async fn vm_rows_named(&self, name: &str) -> i64 {
+        use diesel::sql_types::{BigInt, Text};
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.db.connect().await;
+        diesel::sql_query("SELECT count(*) AS n FROM vms WHERE name = $1")
+            .bind::<Text, _>(name)
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap()
+            .n
+    }
+}
+
+fn new_vm(name: &str, subnet: &str) -> NewVm {
+    let mut tags = BTreeMap::new();
+    tags.insert("plinth.io/role".to_owned(), "control-plane".to_owned());
+    NewVm {
+        name: name.to_owned(),
+        flavor: FlavorId::parse("m1.medium").unwrap(),
+        image: ImageId::parse("debian-12").unwrap(),
+        subnet: SubnetId::parse(subnet).unwrap(),
+        security_groups: vec![],
+        tags,
+        user_data: SecretText::new("#!/bin/sh\ntrue\n"),
+    }
+}
+
+fn group(name: &str) -> NewSecurityGroup {
+    let mut tags = BTreeMap::new();
+    tags.insert("plinth.io/cluster-id".to_owned(), "c1".to_owned());
+    NewSecurityGroup {
+        name: name.to_owned(),
+        tags,
+    }
+}
+
+// ---- every call -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subnet_lookup() {
+    let f = Fixture::start().await;
+    let subnet = f
+        .compute
+        .subnet(&SubnetId::parse("subnet-local").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(subnet.ipv4_cidr.to_string(), "127.10.0.0/24");
+    assert_eq!(subnet.ipv6_cidr.unwrap().to_string(), "fd00:10::/64");
+    let err = f
+        .compute
+        .subnet(&SubnetId::parse("subnet-none").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains("subnet-none"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_and_rules_are_created_and_a_group_in_use_is_a_conflict() {
+    let f = Fixture::start().await;
+    let id = f.compute.create_security_group(&group("cp")).await.unwrap();
+    for rule in [
+        IngressRule {
+            protocol: RuleProtocol::Any,
+            remote: "127.10.0.0/24".parse().unwrap(),
+        },
+        IngressRule {
+            protocol: RuleProtocol::Tcp { port: 6443 },
+            remote: "0.0.0.0/0".parse().unwrap(),
+        },
+        IngressRule {
+            protocol: RuleProtocol::Tcp { port: 6443 },
+            remote: "::/0".parse().unwrap(),
+        },
+    ] {
+        f.compute.add_ingress_rule(&id, &rule).await.unwrap();
+    }
+    let missing = SecurityGroupId::parse("sg-missing").unwrap();
+    let rule = IngressRule {
+        protocol: RuleProtocol::Any,
+        remote: "0.0.0.0/0".parse().unwrap(),
+    };
+    let err = f
+        .compute
+        .add_ingress_rule(&missing, &rule)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::NotFound(_)), "{err}");
+
+    let mut vm = new_vm("user", "subnet-local");
+    vm.security_groups = vec![id.clone()];
+    let vm_id = f.compute.create_vm(&vm).await.unwrap();
+    let err = f.compute.delete_security_group(&id).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains(vm_id.as_str()), "{err}");
+    f.compute.delete_vm(&vm_id).await.unwrap();
+    f.compute.delete_security_group(&id).await.unwrap();
+    // Already gone: still fine, as a retry after a lost answer must be.
+    f.compute.delete_security_group(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_is_created_read_and_deleted() {
+    let f = Fixture::start().await;
+    let id = f
+        .compute
+        .create_vm(&new_vm("cp-1", "subnet-local"))
+        .await
+        .unwrap();
+    let vm = f.compute.get_vm(&id).await.unwrap();
+    assert_eq!(vm.id, id.as_str());
+    assert_eq!(vm.name, "cp-1");
+    assert_eq!(vm.ipv4.as_deref(), Some("127.10.0.2"));
+    assert_eq!(vm.ipv6.as_deref(), Some("fd00:10::2"));
+    assert_eq!(vm.public_ipv4.as_deref(), Some("127.20.0.1"));
+    assert_eq!(vm.user_data, "#!/bin/sh\ntrue\n");
+    assert_eq!(vm.tags["plinth.io/role"], "control-plane");
+    f.compute.delete_vm(&id).await.unwrap();
+    let err = f.compute.get_vm(&id).await.unwrap_err();
+    assert!(matches!(err, ComputeError::NotFound(_)), "{err}");
+    f.compute.delete_vm(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_carries_the_services_message() {
+    let f = Fixture::start().await;
+    let mut vm = new_vm("cp-1", "subnet-local");
+    vm.security_groups = vec![SecurityGroupId::parse("sg-ghost").unwrap()];
+    let err = f.compute.create_vm(&vm).await.unwrap_err();
+    let ComputeError::Rejected(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        message.contains("security groups do not exist: sg-ghost"),
+        "{message}"
+    );
+}
+
+// ---- faults -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
+    let f = Fixture::start_with(|mut s| {
+        s.request_timeout = Duration::from_millis(500);
+        s
+    })
+    .await;
+    let subnet = SubnetId::parse("subnet-local").unwrap();
+    f.faults(json!({
+        "get_subnet": {"status": 404},
+        "create_security_group": {"status": 409},
+        "add_rule": {"status": 422},
+        "get_vm": {"status": 503},
+        "delete_vm": {"latency_ms": 3000},
+        "delete_security_group": {"status": 500},
+    }))
+    .await;
+
+    let bounded = |started: Instant, limit: Duration| {
+        let took = started.elapsed();
+        assert!(took < limit, "took {took:?}, bound {limit:?}");
+    };
+    let started = Instant::now();
+    let err = f.compute.subnet(&subnet).await.unwrap_err();
+    assert!(matches!(err, ComputeError::NotFound(_)), "{err}");
+    let err = f
+        .compute
+        .create_security_group(&group("g"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Conflict(_)), "{err}");
+    let g = SecurityGroupId::parse("sg-any").unwrap();
+    let rule = IngressRule {
+        protocol: RuleProtocol::Any,
+        remote: "0.0.0.0/0".parse().unwrap(),
+    };
+    let err = f.compute.add_ingress_rule(&g, &rule).await.unwrap_err();
+    let ComputeError::Rejected(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(message.contains("injected fault"), "{message}");
+    bounded(started, Duration::from_secs(2));
+
+    // 5xx on a retry-safe call: retried, then Unavailable.
+    let started = Instant::now();
+    let err = f
+        .compute
+        .get_vm(&VmId::parse("vm-x").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    bounded(started, Duration::from_secs(3));
+    let err = f.compute.delete_security_group(&g).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+
+    // Latency past the request timeout: Timeout, after at most 3 attempts of 500 ms.
+    let started = Instant::now();
+    let err = f
+        .compute
+        .delete_vm(&VmId::parse("vm-x").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Timeout(_)), "{err}");
+    bounded(started, Duration::from_secs(4));
+
+    let (_, state) = {
+        let response = reqwest::Client::new()
+            .get(format!("{}/admin/faults", f.sim.base_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        ((), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(
+        state["get_vm"]["calls"], 3,
+        "a retry-safe call is tried 3 times"
+    );
+    assert_eq!(
+        state["create_security_group"]["calls"], 1,
+        "creating a group is never retried"
+    );
+    assert_eq!(
+        state["add_rule"]["calls"], 1,
+        "adding a rule is never retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_and_a_dead_service_are_reported_as_such() {
+    let f = Fixture::start_with(|mut s| {
+        s.token = SecretText::new("not-the-token");
+        s
+    })
+    .await;
+    let err = f
+        .compute
+        .subnet(&SubnetId::parse("subnet-local").unwrap())
+        .await
+        .unwrap_err();
+    let ComputeError::Rejected(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(message.contains("credentials"), "{message}");
+
+    let base = f.sim.base_url();
+    f.sim.stop().await;
+    let mut settings = HttpComputeSettings::new(&base, SecretText::new(TOKEN));
+    settings.backoff_base = Duration::from_millis(10);
+    let dead = HttpCompute::new(settings).unwrap();
+    let started = Instant::now();
+    let err = dead
+        .subnet(&SubnetId::parse("subnet-local").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_whose_answer_is_lost_is_retried_into_the_same_vm() {
+    let f = Fixture::start().await;
+    // The VM is made, then the answer fails: the adapter retries with the same key.
+    f.faults(json!({"create_vm": {"status": 503, "times": 1, "after_effect": true}}))
+        .await;
+    let id = f
+        .compute
+        .create_vm(&new_vm("lost-answer", "subnet-local"))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.vm_rows_named("lost-answer").await,
+        1,
+        "the retry made a second VM"
+    );
+    assert_eq!(f.compute.get_vm(&id).await.unwrap().name, "lost-answer");
+
+    // Failing before the work: the retry makes the one VM.
+    f.faults(json!({"create_vm": {"status": 502, "times": 2}}))
+        .await;
+    f.compute
+        .create_vm(&new_vm("refused-twice", "subnet-local"))
+        .await
+        .unwrap();
+    assert_eq!(f.vm_rows_named("refused-twice").await, 1);
+}
+
+// ---- addresses --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_creations_get_fifty_distinct_addresses() {
+    let f = Fixture::start().await;
+    let vms: Vec<NewVm> = (0..50)
+        .map(|i| new_vm(&format!("vm-{i}"), "subnet-local"))
+        .collect();
+    let ids = futures::future::try_join_all(vms.iter().map(|vm| f.compute.create_vm(vm)))
+        .await
+        .unwrap();
+    let mut private = HashSet::new();
+    let mut public = HashSet::new();
+    let mut v6 = HashSet::new();
+    for id in &ids {
+        let vm = f.compute.get_vm(id).await.unwrap();
+        let ip: Ipv4Addr = vm.ipv4.unwrap().parse().unwrap();
+        assert!(
+            ip.octets()[..3] == [127, 10, 0] && !matches!(ip.octets()[3], 0 | 1 | 255),
+            "{ip}"
+        );
+        private.insert(ip);
+        public.insert(vm.public_ipv4.unwrap());
+        v6.insert(vm.ipv6.unwrap());
+    }
+    assert_eq!((private.len(), public.len(), v6.len()), (50, 50, 50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_subnet_is_a_clear_conflict_and_freed_addresses_are_reused() {
+    let f = Fixture::start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            f.compute
+                .create_vm(&new_vm(&format!("t{i}"), "subnet-tiny"))
+                .await
+                .unwrap(),
+        );
+    }
+    let err = f
+        .compute
+        .create_vm(&new_vm("t5", "subnet-tiny"))
+        .await
+        .unwrap_err();
+    let ComputeError::Conflict(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        message.contains("subnet-tiny (10.250.0.0/29) has no free IPv4 address left"),
+        "{message}"
+    );
+
+    let freed = f.compute.get_vm(&ids[2]).await.unwrap().ipv4.unwrap();
+    f.compute.delete_vm(&ids[2]).await.unwrap();
+    let again = f
+        .compute
+        .create_vm(&new_vm("t6", "subnet-tiny"))
+        .await
+        .unwrap();
+    assert_eq!(f.compute.get_vm(&again).await.unwrap().ipv4.unwrap(), freed);
+}
