@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Installs the real programs the tests drive, from Debian's packages, when they are missing:
-# etcd and etcdctl (3-member TLS clusters), openssl. kubectl is expected on the machine (it is
-# not in Debian's main archive). Idempotent; `make test` runs it first.
+# etcd and etcdctl (3-member TLS clusters), openssl, PowerDNS with its SQLite backend (and the
+# sqlite3 shell that loads its schema), dig. kubectl is expected on the machine (it is not in
+# Debian's main archive). Idempotent; `make test` runs it first.
 set -euo pipefail
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v pdns_server >/dev/null 2>&1 || need+=(pdns-server)
+[ -f /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || need+=(pdns-backend-sqlite3)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: ${need[*]} missing; run as root (or install them) to continue" >&2
     exit 1
   fi
-  # etcd-server ships an init script: keep invoke-rc.d from starting a system-wide etcd on
-  # 127.0.0.1:2379 while the packages install.
+  # etcd-server and pdns-server ship init scripts: keep invoke-rc.d from starting system-wide
+  # servers (etcd on 127.0.0.1:2379, PowerDNS on :53) while the packages install.
   policy=/usr/sbin/policy-rc.d
   created_policy=0
   if [ ! -e "$policy" ]; then
@@ -33,4 +39,4 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "test-deps: kubectl is missing; the Go TLS tests need it (it is on the project's machines)" >&2
   exit 1
 fi
-echo "test-deps: ready ($(etcd --version | head -n1), $(openssl version | cut -d" " -f1-2), $(kubectl version --client 2>/dev/null | head -n1))"
+echo "test-deps: ready ($(etcd --version | head -n1), $(openssl version | cut -d" " -f1-2), $(pdns_server --version 2>&1 | grep -m1 -o 'PowerDNS Authoritative Server [0-9.]*'), $(kubectl version --client 2>/dev/null | head -n1))"

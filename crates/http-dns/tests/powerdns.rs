@@ -1,0 +1,370 @@
+//! The `Dns` adapter against a real PowerDNS Authoritative server (Debian's pdns-server, started
+//! per test on private loopback ports by scripts/pdns.sh): what it publishes answers real DNS
+//! queries (dig), replaces and deletes, and each failure maps to the right error in bounded time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_domain::model::SecretText;
+use plinth_domain::ports::dns::{AddressRecords, Dns, DnsError};
+use plinth_http_dns::{PowerDns, PowerDnsSettings};
+
+const ZONE: &str = "k8s.plinth.test";
+
+/// A PowerDNS of one test's own, stopped and deleted when dropped.
+struct PowerDnsServer {
+    dir: PathBuf,
+    dns_port: u16,
+    api_port: u16,
+    api_key: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PowerDnsServer {
+    fn start() -> Self {
+        let (dns_port, api_port) = (free_port(), free_port());
+        let server = Self {
+            dir: std::env::temp_dir()
+                .join(format!("plinth-pdns-{}-{api_port}", std::process::id())),
+            dns_port,
+            api_port,
+            api_key: format!("key-{api_port}"),
+        };
+        server.script("start");
+        server
+    }
+
+    fn script(&self, action: &str) {
+        let output =
+            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pdns.sh"))
+                .arg(action)
+                .env("PLINTH_PDNS_DIR", &self.dir)
+                .env("PLINTH_PDNS_DNS_PORT", self.dns_port.to_string())
+                .env("PLINTH_PDNS_API_PORT", self.api_port.to_string())
+                .env("PLINTH_PDNS_API_KEY", &self.api_key)
+                .output()
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "pdns.sh {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pdns.pid"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn settings(&self, zone: &str) -> PowerDnsSettings {
+        let mut settings = PowerDnsSettings::new(
+            &format!("http://127.0.0.1:{}", self.api_port),
+            SecretText::new(self.api_key.clone()),
+            zone,
+        );
+        settings.request_timeout = Duration::from_millis(800);
+        settings
+    }
+
+    async fn adapter_with_zone(&self) -> PowerDns {
+        let dns = PowerDns::new(self.settings(ZONE)).unwrap();
+        dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap();
+        dns
+    }
+
+    /// Asks the server over DNS (UDP): the status and the sorted answers.
+    fn dig(&self, name: &str, kind: &str) -> (String, Vec<String>) {
+        let output = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &self.dns_port.to_string(),
+                "+tries=1",
+                "+time=2",
+                "+noall",
+                "+comments",
+                "+answer",
+                name,
+                kind,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no status in dig output:\n{text}"))
+            .to_owned();
+        let mut answers: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        answers.sort();
+        (status, answers)
+    }
+}
+
+impl Drop for PowerDnsServer {
+    fn drop(&mut self) {
+        // A test that failed while the server was frozen must not leave it frozen.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pdns.pid")) {
+            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+        }
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn records(name: &str, v4: &[&str], v6: &[&str]) -> AddressRecords {
+    AddressRecords {
+        name: name.to_owned(),
+        ipv4: v4
+            .iter()
+            .map(|ip| ip.parse::<Ipv4Addr>().unwrap())
+            .collect(),
+        ipv6: v6
+            .iter()
+            .map(|ip| ip.parse::<Ipv6Addr>().unwrap())
+            .collect(),
+    }
+}
+
+const NAME: &str = "api.cluster-1.k8s.plinth.test";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_records_answer_real_queries_then_are_replaced_then_deleted() {
+    let server = PowerDnsServer::start();
+    let dns = PowerDns::new(server.settings(ZONE)).unwrap();
+    assert!(
+        dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap(),
+        "the zone is created"
+    );
+    assert!(
+        !dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap(),
+        "and only once"
+    );
+
+    dns.upsert_address_records(&records(
+        NAME,
+        &["192.0.2.10", "192.0.2.11"],
+        &["2001:db8::10"],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        server.dig(NAME, "A"),
+        (
+            "NOERROR".into(),
+            vec!["192.0.2.10".into(), "192.0.2.11".into()]
+        )
+    );
+    assert_eq!(
+        server.dig(NAME, "AAAA"),
+        ("NOERROR".into(), vec!["2001:db8::10".into()])
+    );
+
+    // A second upsert replaces both families: the A set shrinks, the AAAA set goes.
+    dns.upsert_address_records(&records(NAME, &["192.0.2.12"], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.dig(NAME, "A"),
+        ("NOERROR".into(), vec!["192.0.2.12".into()])
+    );
+    assert_eq!(server.dig(NAME, "AAAA").1, Vec::<String>::new());
+
+    dns.delete_address_records(NAME).await.unwrap();
+    assert_eq!(server.dig(NAME, "A").0, "NXDOMAIN");
+    // Deleting what is not there is fine.
+    dns.delete_address_records(NAME).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_api_key_is_unauthorized() {
+    let server = PowerDnsServer::start();
+    server.adapter_with_zone().await;
+    let mut settings = server.settings(ZONE);
+    settings.api_key = SecretText::new("not-the-key");
+    let dns = PowerDns::new(settings).unwrap();
+    let err = dns
+        .upsert_address_records(&records(NAME, &["192.0.2.1"], &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::Unauthorized), "{err}");
+    assert_eq!(server.dig(NAME, "A").1, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_zone_is_zone_not_found() {
+    let server = PowerDnsServer::start();
+    let dns = PowerDns::new(server.settings("absent.plinth.test")).unwrap();
+    let err = dns
+        .upsert_address_records(&records("api.absent.plinth.test", &["192.0.2.1"], &[]))
+        .await
+        .unwrap_err();
+    let DnsError::ZoneNotFound(zone) = &err else {
+        panic!("{err}")
+    };
+    assert!(zone.contains("absent.plinth.test."), "{zone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_outside_the_zone_is_rejected_without_a_call() {
+    let server = PowerDnsServer::start();
+    let dns = server.adapter_with_zone().await;
+    let err = dns
+        .upsert_address_records(&records("api.elsewhere.test", &["192.0.2.1"], &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::Rejected(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_server_is_unavailable_and_a_frozen_one_times_out_within_the_bounds() {
+    let server = PowerDnsServer::start();
+    let dns = server.adapter_with_zone().await;
+
+    // Frozen (our own process): it accepts connections and never answers.
+    let pid = server.pid();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let err = dns
+        .upsert_address_records(&records(NAME, &["192.0.2.1"], &[]))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(matches!(err, DnsError::Timeout(_)), "{err}");
+    // Two attempts of 800 ms, and a pause between them.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    server.script("stop");
+    let started = Instant::now();
+    let err = dns
+        .upsert_address_records(&records(NAME, &["192.0.2.1"], &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
+    use std::sync::Arc;
+
+    use plinth_domain::model::{ClusterRequest, OrgId};
+    use plinth_domain::ports::repo::Repo;
+    use plinth_http_compute::{HttpCompute, HttpComputeSettings};
+    use plinth_testkit::{COMPUTE_TOKEN, FoundingStack};
+
+    let server = PowerDnsServer::start();
+    let dns = server.adapter_with_zone().await;
+    server.script("stop");
+
+    let stack = FoundingStack::start(&[]).await;
+    let compute = HttpCompute::new(HttpComputeSettings::new(
+        &stack.sim.base_url(),
+        SecretText::new(COMPUTE_TOKEN),
+    ))
+    .unwrap();
+    let use_case = stack.use_case(Arc::new(compute), Some(Arc::new(dns)));
+    let org = OrgId::parse("org-a").unwrap();
+    let founded = use_case
+        .found(
+            &org,
+            ClusterRequest {
+                control_plane_count: Some(1),
+                ..ClusterRequest::default()
+            },
+        )
+        .await
+        .expect("a DNS failure must not stop the founding");
+
+    assert!(!founded.dns_configured);
+    let why = founded.dns_error.unwrap();
+    assert!(
+        why.starts_with("DNS server unavailable: publishing records"),
+        "{why}"
+    );
+    assert!(
+        why.contains(&format!("127.0.0.1:{}", server.api_port)),
+        "{why}"
+    );
+    // The cluster is founded all the same: committed, with its node.
+    let details = stack
+        .repo
+        .find_cluster(&org, founded.cluster_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(details.nodes.len(), 1);
+    assert_eq!(
+        founded.suggested_dns_records[0].name,
+        founded.control_plane_dns_name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_founding_publishes_the_control_plane_name_in_powerdns() {
+    use std::sync::Arc;
+
+    use plinth_domain::model::{ClusterRequest, OrgId};
+    use plinth_http_compute::{HttpCompute, HttpComputeSettings};
+    use plinth_testkit::{COMPUTE_TOKEN, FoundingStack};
+
+    let server = PowerDnsServer::start();
+    let dns = server.adapter_with_zone().await;
+    let stack = FoundingStack::start(&[]).await;
+    let compute = HttpCompute::new(HttpComputeSettings::new(
+        &stack.sim.base_url(),
+        SecretText::new(COMPUTE_TOKEN),
+    ))
+    .unwrap();
+    let use_case = stack.use_case(Arc::new(compute), Some(Arc::new(dns)));
+    let founded = use_case
+        .found(&OrgId::parse("org-a").unwrap(), ClusterRequest::default())
+        .await
+        .unwrap();
+    assert!(founded.dns_configured, "{:?}", founded.dns_error);
+    // Each node's public IPv4 (the compute service's pool), and each node's IPv6.
+    let (status, a) = server.dig(&founded.control_plane_dns_name, "A");
+    assert_eq!(status, "NOERROR");
+    let mut expected: Vec<String> = founded
+        .nodes
+        .iter()
+        .map(|n| n.addresses.public_ipv4.unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(a, expected);
+    assert_eq!(
+        server.dig(&founded.control_plane_dns_name, "AAAA").1.len(),
+        3
+    );
+}
