@@ -8,10 +8,11 @@ CARGO ?= cargo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-test: ## every test: starts a throwaway PostgreSQL, installs etcd/openssl when missing
+test: ## every test: installs etcd/PowerDNS/dig when missing, starts a throwaway PostgreSQL, and checks `make run`
 	scripts/test-deps.sh
 	scripts/with-test-services.sh $(CARGO) nextest run --workspace --all-features --no-fail-fast
 	$(CARGO) test --workspace --all-features --doc
+	scripts/check-make-run.sh
 
 lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency rule
 	$(CARGO) fmt --all -- --check
@@ -22,9 +23,8 @@ lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency ru
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-run: ## the local stack (arrives with the service)
-	@echo "make run arrives with the plinth service (crates/api); today plinth is the domain crate only" >&2
-	@exit 1
+run: ## the whole local stack on loopback, ready to curl (Ctrl-C stops it)
+	scripts/run-stack.sh
 
 bench: ## benchmarks that print their numbers (see docs/BENCHMARKS.md)
 	scripts/with-test-services.sh $(CARGO) bench --workspace

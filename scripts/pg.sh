@@ -7,6 +7,7 @@
 #   scripts/pg.sh stop    fast shutdown of this data directory's server (if it runs)
 #   scripts/pg.sh status  exit 0 if it runs
 #   scripts/pg.sh url     the admin URL (role `plinth`, database `postgres`)
+#   scripts/pg.sh createdb NAME   create database NAME owned by `plinth` unless it exists
 #
 # Settings (environment): PLINTH_PG_DIR (default <repo>/.dev/pg), PLINTH_PG_PORT (default 55432).
 set -euo pipefail
@@ -64,11 +65,21 @@ SQL
   status)
     running
     ;;
+  createdb)
+    name=${2:?usage: $0 createdb NAME}
+    case "$name" in *[!a-z0-9_]*) echo "pg.sh: database names here are [a-z0-9_]+" >&2; exit 2;; esac
+    exists=$(as_postgres "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -qtA \
+      -c "SELECT 1 FROM pg_database WHERE datname = '$name'")
+    if [ "$exists" != 1 ]; then
+      as_postgres "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -q -v ON_ERROR_STOP=1 \
+        -c "CREATE DATABASE $name OWNER $role" >/dev/null
+    fi
+    ;;
   url)
     echo "$url"
     ;;
   *)
-    echo "usage: $0 start|stop|status|url" >&2
+    echo "usage: $0 start|stop|status|url|createdb NAME" >&2
     exit 2
     ;;
 esac

@@ -4,77 +4,26 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use plinth_domain::model::SecretText;
 use plinth_domain::ports::dns::{AddressRecords, Dns, DnsError};
 use plinth_http_dns::{PowerDns, PowerDnsSettings};
+use plinth_testkit::pdns::PowerDnsServer;
 
 const ZONE: &str = "k8s.plinth.test";
 
-/// A PowerDNS of one test's own, stopped and deleted when dropped.
-struct PowerDnsServer {
-    dir: PathBuf,
-    dns_port: u16,
-    api_port: u16,
-    api_key: String,
+trait Adapter {
+    fn settings(&self, zone: &str) -> PowerDnsSettings;
+    async fn adapter_with_zone(&self) -> PowerDns;
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl PowerDnsServer {
-    fn start() -> Self {
-        let (dns_port, api_port) = (free_port(), free_port());
-        let server = Self {
-            dir: std::env::temp_dir()
-                .join(format!("plinth-pdns-{}-{api_port}", std::process::id())),
-            dns_port,
-            api_port,
-            api_key: format!("key-{api_port}"),
-        };
-        server.script("start");
-        server
-    }
-
-    fn script(&self, action: &str) {
-        let output =
-            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pdns.sh"))
-                .arg(action)
-                .env("PLINTH_PDNS_DIR", &self.dir)
-                .env("PLINTH_PDNS_DNS_PORT", self.dns_port.to_string())
-                .env("PLINTH_PDNS_API_PORT", self.api_port.to_string())
-                .env("PLINTH_PDNS_API_KEY", &self.api_key)
-                .output()
-                .unwrap();
-        assert!(
-            output.status.success(),
-            "pdns.sh {action}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pdns.pid"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
+impl Adapter for PowerDnsServer {
     fn settings(&self, zone: &str) -> PowerDnsSettings {
-        let mut settings = PowerDnsSettings::new(
-            &format!("http://127.0.0.1:{}", self.api_port),
-            SecretText::new(self.api_key.clone()),
-            zone,
-        );
+        let mut settings =
+            PowerDnsSettings::new(&self.api_url(), SecretText::new(self.api_key.clone()), zone);
         settings.request_timeout = Duration::from_millis(800);
         settings
     }
@@ -83,50 +32,6 @@ impl PowerDnsServer {
         let dns = PowerDns::new(self.settings(ZONE)).unwrap();
         dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap();
         dns
-    }
-
-    /// Asks the server over DNS (UDP): the status and the sorted answers.
-    fn dig(&self, name: &str, kind: &str) -> (String, Vec<String>) {
-        let output = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.dns_port.to_string(),
-                "+tries=1",
-                "+time=2",
-                "+noall",
-                "+comments",
-                "+answer",
-                name,
-                kind,
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let status = text
-            .split("status: ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no status in dig output:\n{text}"))
-            .to_owned();
-        let mut answers: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-            .collect();
-        answers.sort();
-        (status, answers)
-    }
-}
-
-impl Drop for PowerDnsServer {
-    fn drop(&mut self) {
-        // A test that failed while the server was frozen must not leave it frozen.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pdns.pid")) {
-            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
-        }
-        self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // a fixture that cannot start must stop the test loudly
 
+pub mod pdns;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Proves `make run` works from this checkout, as a newcomer would use it: starts it (on its own
+# ports and .dev directory, so it never meets a stack already running), runs the curl it prints,
+# expects a founded cluster, then stops it the way Ctrl-C does and checks that everything it
+# started is gone. `make test` runs it last.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PLINTH_DEV_DIR=${PLINTH_DEV_DIR:-$root/.dev/make-run-check}
+export PLINTH_PORT=${PLINTH_PORT:-18080} COMPUTE_PORT=${COMPUTE_PORT:-18082}
+export PLINTH_PG_PORT=${CHECK_PG_PORT:-55433}
+export PLINTH_PDNS_DNS_PORT=${CHECK_PDNS_DNS_PORT:-15354} PLINTH_PDNS_API_PORT=${CHECK_PDNS_API_PORT:-18083}
+rm -rf "$PLINTH_DEV_DIR"
+mkdir -p "$PLINTH_DEV_DIR"
+log="$PLINTH_DEV_DIR/make-run.log"
+
+fail() {
+  echo "check-make-run: $*" >&2
+  echo "--- make run's output" >&2
+  tail -n 40 "$log" >&2 || true
+  exit 1
+}
+
+# A session of its own: stopping the whole process group is what Ctrl-C in a terminal does.
+setsid make --no-print-directory run >"$log" 2>&1 &
+group=$!
+stop_stack() {
+  kill -INT -- "-$group" 2>/dev/null || true
+  for _ in $(seq 1 300); do
+    pgrep -g "$group" >/dev/null 2>&1 || return 0
+    sleep 0.1
+  done
+  echo "check-make-run: the stack did not stop within 30s; killing it" >&2
+  kill -KILL -- "-$group" 2>/dev/null || true
+  return 1
+}
+trap 'stop_stack || true' EXIT
+
+for _ in $(seq 1 1800); do
+  grep -q '^curl ' "$log" && break
+  kill -0 "$group" 2>/dev/null || fail "make run exited before the stack was up"
+  sleep 0.2
+done
+command=$(grep '^curl ' "$log") || fail "make run printed no curl within 6 minutes"
+
+status=$(eval "$command -o '$PLINTH_DEV_DIR/answer.json' -w '%{http_code}'")
+[ "$status" = 201 ] || fail "the printed curl answered $status: $(cat "$PLINTH_DEV_DIR/answer.json")"
+python3 - "$PLINTH_DEV_DIR/answer.json" "$PLINTH_DEV_DIR/stack.env" <<'PY' || fail "the answer is not a founded cluster"
+import json, sys
+answer = json.load(open(sys.argv[1]))
+stack = dict(line.strip().split("=", 1) for line in open(sys.argv[2]) if "=" in line)
+assert answer["name"] == "demo", answer
+assert len(answer["nodes"]) == 3 and len(answer["vm_ids"]) == 3, answer
+assert answer["admin_kubeconfig"].startswith("apiVersion: v1"), "no kubeconfig"
+for key in ("PLINTH_URL", "COMPUTE_URL", "COMPUTE_TOKEN", "DATABASE_URL"):
+    assert key in stack, f"{key} missing from stack.env"
+if "PDNS_API_URL" in stack:
+    assert answer["dns_configured"] is True, answer["dns_error"]
+print(f"check-make-run: founded {answer['cluster_id']} (dns_configured={answer['dns_configured']})")
+PY
+
+trap - EXIT
+stop_stack || fail "the stack did not stop"
+grep -q 'run: stopped' "$log" || fail "make run did not report stopping"
+for port in "$PLINTH_PORT" "$COMPUTE_PORT" "$PLINTH_PDNS_API_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    fail "something still listens on port $port"
+  fi
+done
+PLINTH_PG_DIR="$PLINTH_DEV_DIR/pg" scripts/pg.sh status && fail "PostgreSQL is still running"
+echo "check-make-run: make run works, and Ctrl-C stopped everything it started"

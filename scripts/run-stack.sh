@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# `make run`: the whole local stack, from a fresh clone, in one command — a throwaway
+# PostgreSQL, the compute service, PowerDNS with the dev zone (when pdns_server is installed;
+# DNS is reported as not configured otherwise), and plinth — all on loopback. It writes a dev
+# token to $PLINTH_DEV_DIR/token and the stack's addresses to $PLINTH_DEV_DIR/stack.env, prints a
+# curl that founds a cluster, and stops everything it started on Ctrl-C or SIGTERM.
+#
+# Ports and places (environment): PLINTH_PORT (8080), COMPUTE_PORT (8081), PLINTH_PG_PORT (55432),
+# PLINTH_PDNS_DNS_PORT (15353), PLINTH_PDNS_API_PORT (18081), DNS_ZONE (k8s.plinth.test),
+# PLINTH_DEV_DIR (.dev), PLINTH_DEV_ORG (dev-org).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+dev=${PLINTH_DEV_DIR:-$root/.dev}
+mkdir -p "$dev"
+dev=$(cd "$dev" && pwd)
+plinth_port=${PLINTH_PORT:-8080}
+compute_port=${COMPUTE_PORT:-8081}
+zone=${DNS_ZONE:-k8s.plinth.test}
+org=${PLINTH_DEV_ORG:-dev-org}
+compute_token=dev-compute-token
+export PLINTH_PG_DIR=$dev/pg PLINTH_PG_PORT=${PLINTH_PG_PORT:-55432}
+export PLINTH_PDNS_DIR=$dev/pdns PLINTH_PDNS_DNS_PORT=${PLINTH_PDNS_DNS_PORT:-15353}
+export PLINTH_PDNS_API_PORT=${PLINTH_PDNS_API_PORT:-18081} PLINTH_PDNS_API_KEY=dev-pdns-key
+
+say() { printf 'run: %s\n' "$*"; }
+
+pids=()
+started_pg=0
+started_pdns=0
+cleanup() {
+  trap - EXIT INT TERM
+  say "stopping the stack"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ "$started_pdns" = 1 ] && scripts/pdns.sh stop || true
+  [ "$started_pg" = 1 ] && scripts/pg.sh stop || true
+  say "stopped"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_for() { # wait_for URL PID LOG SECONDS
+  local url=$1 pid=$2 log=$3 limit=$4
+  for _ in $(seq 1 $((limit * 10))); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "run: the process behind $url exited; its log:" >&2
+      tail -n 30 "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "run: $url did not answer within ${limit}s; log: $log" >&2
+  return 1
+}
+
+say "building plinth and the compute service"
+cargo build --quiet --bins -p plinth-api -p plinth-compute-sim
+
+# PostgreSQL (the platform database: plinth's tables and the compute service's).
+scripts/pg.sh status || started_pg=1
+scripts/pg.sh start >/dev/null
+scripts/pg.sh createdb plinth
+database_url="postgres://plinth:plinth@127.0.0.1:$PLINTH_PG_PORT/plinth"
+
+# Local secrets, made once: the dev token signing key pair and the master key.
+(
+  umask 077
+  if [ ! -f "$dev/jwt-signing.pem" ]; then
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dev/jwt-signing.pem" 2>/dev/null
+    openssl pkey -in "$dev/jwt-signing.pem" -pubout -out "$dev/jwt-public.pem"
+  fi
+  [ -f "$dev/master-keys" ] || echo "dev1:$(openssl rand -base64 32)" > "$dev/master-keys"
+)
+
+# The compute service.
+COMPUTE_SIM__LISTEN="127.0.0.1:$compute_port" COMPUTE_SIM__DATABASE_URL="$database_url" \
+COMPUTE_SIM__TOKEN="$compute_token" \
+  target/debug/plinth-compute-sim --config config/compute-sim.toml >"$dev/compute-sim.log" 2>&1 &
+pids+=($!)
+wait_for "http://127.0.0.1:$compute_port/healthz" "${pids[-1]}" "$dev/compute-sim.log" 60
+
+# PowerDNS, when installed.
+dns_mode=disabled
+if command -v pdns_server >/dev/null 2>&1; then
+  scripts/pdns.sh status || started_pdns=1
+  scripts/pdns.sh start >/dev/null
+  dns_mode=powerdns
+else
+  say "pdns_server is not installed: DNS is disabled (foundings report dns_configured=false)"
+fi
+
+# plinth.
+export PLINTH_ENV=dev
+export PLINTH__SERVER__LISTEN="127.0.0.1:$plinth_port"
+export PLINTH__DATABASE__URL="$database_url"
+export PLINTH__DATABASE__MIGRATE_ON_START=true
+export PLINTH__MASTER_KEYS__FILE="$dev/master-keys"
+export PLINTH__AUTH__PUBLIC_KEY_FILES="$dev/jwt-public.pem"
+export PLINTH__AUTH__DEV_SIGNING_KEY_FILE="$dev/jwt-signing.pem"
+export PLINTH__COMPUTE__BASE_URL="http://127.0.0.1:$compute_port"
+export PLINTH__COMPUTE__TOKEN="$compute_token"
+export PLINTH__DNS__MODE="$dns_mode"
+export PLINTH__DNS__API_URL="http://127.0.0.1:$PLINTH_PDNS_API_PORT"
+export PLINTH__DNS__API_KEY="$PLINTH_PDNS_API_KEY"
+export PLINTH__DNS__ENSURE_ZONE=true
+export PLINTH__DNS__NAMESERVERS="ns1.$zone"
+export PLINTH__FOUNDING__DNS_ZONE="$zone"
+export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="http://127.0.0.1:$plinth_port"
+target/debug/plinth serve >"$dev/plinth.log" 2>&1 &
+pids+=($!)
+plinth_pid=${pids[-1]}
+wait_for "http://127.0.0.1:$plinth_port/readyz" "$plinth_pid" "$dev/plinth.log" 120
+
+target/debug/plinth dev-token --org "$org" > "$dev/token"
+{
+  echo "PLINTH_URL=http://127.0.0.1:$plinth_port"
+  echo "COMPUTE_URL=http://127.0.0.1:$compute_port"
+  echo "COMPUTE_TOKEN=$compute_token"
+  echo "DATABASE_URL=$database_url"
+  if [ "$dns_mode" = powerdns ]; then
+    echo "PDNS_API_URL=http://127.0.0.1:$PLINTH_PDNS_API_PORT"
+    echo "PDNS_API_KEY=$PLINTH_PDNS_API_KEY"
+    echo "PDNS_DNS_PORT=$PLINTH_PDNS_DNS_PORT"
+    echo "DNS_ZONE=$zone"
+  fi
+} > "$dev/stack.env"
+
+cat <<TXT
+
+plinth is up on http://127.0.0.1:$plinth_port (logs in $dev/*.log; addresses in $dev/stack.env).
+Found a 3-node cluster for organization $org:
+
+curl -sS -X POST http://127.0.0.1:$plinth_port/clusters -H "Authorization: Bearer \$(cat $dev/token)" -H 'Content-Type: application/json' -d '{"name":"demo","control_plane_count":3}'
+
+Ctrl-C stops the stack.
+TXT
+
+wait "$plinth_pid"
