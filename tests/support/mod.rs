@@ -43,6 +43,8 @@ pub struct Options {
     pub compute_attempts: u32,
     /// Compute fault rules from the start.
     pub faults: Vec<(Operation, Value)>,
+    /// How long bootstrap tokens work.
+    pub token_ttl_secs: u64,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             dns: Dns::Running,
             compute_attempts: 3,
             faults: Vec::new(),
+            token_ttl_secs: 3600,
         }
     }
 }
@@ -139,6 +142,9 @@ pub struct Stack {
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -169,10 +175,12 @@ impl Stack {
         let keys_file = write(&dir, "master-keys", &format!("e2e1:{master}\n"));
         let es_public = write(&dir, "es256.pub.pem", &keys.es256_public_pem);
         let jwks = write(&dir, "jwks.json", &keys.jwks().to_string());
+        // A known port, so the VMs' userdata points at this plinth.
+        let port = plinth_testkit::pdns::free_port();
         let e2e = format!(
             r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 shutdown_timeout_secs = 30
 
 [log]
@@ -209,7 +217,10 @@ request_timeout_ms = 1000
 dns_zone = "{ZONE}"
 vm_address_deadline_secs = 10
 vm_address_poll_ms = 50
+bootstrap_base_url = "http://127.0.0.1:{port}"
+bootstrap_token_ttl_secs = {ttl}
 "#,
+            ttl = options.token_ttl_secs,
             db = db.url(),
             keys_file = keys_file.display(),
             es_public = es_public.display(),

@@ -7,6 +7,7 @@ use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context as _;
 use plinth_diesel_pg::PgRepo;
 use plinth_domain::FoundCluster;
+use plinth_domain::bootstrap::FetchBundle;
 use plinth_domain::ports::dns::Dns;
 use plinth_http_compute::HttpCompute;
 use plinth_http_dns::PowerDns;
@@ -90,7 +91,15 @@ pub async fn build(config: &Config) -> anyhow::Result<(AppState, Authenticator)>
     let authenticator =
         Authenticator::new(config.auth.clone()).context("loading the token verification keys")?;
     let found = FoundCluster::new(repo.clone(), compute, pki, dns, config.founding.clone());
-    Ok((AppState { found, repo }, authenticator))
+    let bundles = FetchBundle::new(repo.clone(), config.bundles.clone());
+    Ok((
+        AppState {
+            found,
+            bundles,
+            repo,
+        },
+        authenticator,
+    ))
 }
 
 /// Builds everything and starts serving on `config.listen`.

@@ -7,6 +7,7 @@
 //! domain errors become HTTP statuses (`problem`).
 
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod jwt_crypto;
 pub mod problem;

@@ -12,6 +12,7 @@ use futures::StreamExt as _;
 use plinth_diesel_pg::PgRepo;
 use plinth_domain::FoundCluster;
 use plinth_domain::FoundClusterError;
+use plinth_domain::bootstrap::{Bundle, FetchBundle, FetchBundleError};
 use plinth_domain::found_cluster::FoundedCluster;
 use plinth_domain::model::{ClusterId, ClusterRequest, Networking};
 use plinth_domain::ports::repo::{ClusterDetails, ClusterSummary, PageCursor, PageRequest, Repo};
@@ -31,6 +32,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// The founding use case.
     pub found: FoundCluster,
+    /// The bootstrap bundle use case.
+    pub bundles: FetchBundle,
     /// Cluster truth (also answers readiness).
     pub repo: Arc<PgRepo>,
 }
@@ -589,6 +592,134 @@ pub async fn get_cluster(
     Ok(HttpResponse::Ok().json(ClusterBody::from(details)))
 }
 
+/// A file of a bundle, in its JSON form.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleFileBody {
+    /// Absolute path on the node.
+    pub path: String,
+    /// Octal mode, e.g. `0600`.
+    pub mode: String,
+    /// The contents.
+    pub content: String,
+}
+
+/// A node's bundle, in its JSON form.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleBody {
+    /// The cluster.
+    pub cluster_id: String,
+    /// The node.
+    pub node_name: String,
+    /// kubeadm's files for this node.
+    pub files: Vec<BundleFileBody>,
+}
+
+fn bundle_json(bundle: &Bundle) -> BundleBody {
+    BundleBody {
+        cluster_id: bundle.cluster_id.to_string(),
+        node_name: bundle.node_name.to_string(),
+        files: bundle
+            .files
+            .iter()
+            .map(|f| BundleFileBody {
+                path: f.path.clone(),
+                mode: format!("{:04o}", f.mode),
+                content: f.contents.expose().to_owned(),
+            })
+            .collect(),
+    }
+}
+
+fn wants_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|part| part.split(';').next().unwrap_or("").trim() == "application/json")
+        })
+}
+
+/// A node's bootstrap bundle — kubeadm's `/etc/kubernetes` for that node — for the holder of its
+/// bootstrap token (`Authorization: Bearer <token>`, from the node's userdata). A gzip tar by
+/// default, with its SHA-256 in `X-Bundle-Sha256`; JSON with `Accept: application/json`. A
+/// wrong, expired or other node's token, or a node that does not exist, is the same 401.
+#[utoipa::path(get, path = "/bootstrap/{cluster_id}/nodes/{node_name}", tag = "bootstrap",
+    params(("cluster_id" = String, Path, description = "Cluster id"),
+           ("node_name" = String, Path, description = "cp-{n}.cluster-{id}.internal")),
+    responses(
+        (status = 200, description = "The bundle: application/gzip (a tar), or JSON", body = BundleBody,
+         headers(("X-Bundle-Sha256" = String, description = "SHA-256 of the gzip body, hex"))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("node_token" = [])))]
+pub async fn fetch_bundle(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (cluster, node) = path.into_inner();
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let result = state.bundles.fetch(&cluster, &node, token).await;
+    let outcome = match &result {
+        Ok(_) => "served",
+        Err(FetchBundleError::Unauthorized) => "refused",
+        Err(_) => "failed",
+    };
+    // Every fetch is logged; the token never is.
+    tracing::info!(cluster = %cluster, node = %node, outcome, "bootstrap bundle fetch");
+    let bundle = result.map_err(|e| match e {
+        FetchBundleError::Unauthorized => ApiError::unauthorized("invalid bootstrap token"),
+        FetchBundleError::Unavailable(why) => {
+            tracing::error!(error = %why, "bootstrap material unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "the database is unavailable; try again",
+            )
+        }
+        FetchBundleError::Unrenderable(why) => {
+            tracing::error!(error = %why, "bootstrap bundle cannot be rendered");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the bundle cannot be rendered",
+            )
+        }
+    })?;
+    if wants_json(&req) {
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(bundle_json(&bundle)));
+    }
+    let archive = crate::archive::tar_gz(&bundle).map_err(|e| {
+        tracing::error!(error = %e, "packing a bootstrap bundle failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the bundle cannot be packed",
+        )
+    })?;
+    let digest = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&archive)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/gzip")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Bundle-Sha256", digest))
+        .body(archive))
+}
+
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200)))]
 pub async fn healthz() -> HttpResponse {
@@ -614,9 +745,10 @@ pub async fn prometheus() -> HttpResponse {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "plinth", description = "Founds Kubernetes control planes (DESIGN.md §3)."),
-    paths(create_cluster, list_clusters, get_cluster, healthz, readyz, prometheus),
+    paths(create_cluster, list_clusters, get_cluster, fetch_bundle, healthz, readyz, prometheus),
     components(schemas(CreateClusterBody, FoundedClusterBody, NetworkingBody, NodeBody, DnsRecordBody,
-        ClusterPageBody, ClusterSummaryBody, ClusterBody, Problem, FieldError, CleanupBody)),
+        ClusterPageBody, ClusterSummaryBody, ClusterBody, BundleBody, BundleFileBody, Problem, FieldError,
+        CleanupBody)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -683,6 +815,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::resource("/clusters/{id}")
                 .route(web::get().to(get_cluster))
                 .default_service(web::to(method_not_allowed)),
+        )
+        .route(
+            "/bootstrap/{cluster_id}/nodes/{node_name}",
+            web::get().to(fetch_bundle),
         )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plinth_diesel_pg::{Envelope, PgSettings};
+use plinth_domain::bootstrap::BundleSettings;
 use plinth_domain::found_cluster::{BootstrapBaseUrl, FoundingSettings};
 use plinth_domain::model::{
     ClusterDefaults, DnsZone, FlavorId, ImageId, InvalidValue, Networking, SecretText, SubnetId,
@@ -48,6 +49,15 @@ struct Raw {
     dns: RawDns,
     pki: RawPki,
     founding: RawFounding,
+    bootstrap: RawBootstrap,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBootstrap {
+    kubernetes_version: String,
+    image_repository: String,
+    etcd_image: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +219,8 @@ pub struct Config {
     pub pki: PkiSettings,
     /// Founding.
     pub founding: FoundingSettings,
+    /// What bootstrap bundles run.
+    pub bundles: BundleSettings,
 }
 
 impl Config {
@@ -516,7 +528,12 @@ fn check(raw: Raw, _dir: &Path) -> Result<Config, ConfigError> {
         )?),
     };
 
+    let b = &raw.bootstrap;
+    let bundles = BundleSettings::new(&b.kubernetes_version, &b.image_repository, &b.etcd_image)
+        .map_err(|InvalidValue(reason)| bad("bootstrap", reason))?;
+
     Ok(Config {
+        bundles,
         listen,
         workers: raw.server.workers.max(1),
         shutdown_timeout: Duration::from_secs(raw.server.shutdown_timeout_secs),

@@ -26,16 +26,21 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt as _;
-use plinth_domain::model::{ClusterId, OrgId, SecretText};
+use plinth_domain::model::{BootstrapTokenHash, ClusterId, NodeName, OrgId, SecretText};
+use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
 use plinth_domain::ports::repo::{
-    ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError, RepoTx,
+    BootstrapMaterial, ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError,
+    RepoTx, SharedClientCerts,
 };
 
 pub use envelope::{Envelope, EnvelopeError, MasterKeyError, Slot};
 
 use crate::errors::{pool_error, query_error, timed_out};
-use crate::rows::{ClusterDetailsRow, ClusterSummaryRow, NodeRow};
-use crate::schema::{apiservernodes, kubeclusters};
+use crate::rows::{
+    ApiServerSecretsRow, ClusterCertRow, ClusterDetailsRow, ClusterSecretsRow, ClusterSummaryRow,
+    NodeRow,
+};
+use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters};
 use crate::tx::PgTx;
 
 /// plinth's own migrations (`migrations/` at the top of the repository), embedded.
@@ -278,6 +283,193 @@ impl Repo for PgRepo {
             None
         };
         Ok(ClusterPage { clusters, next })
+    }
+
+    async fn bootstrap_material(
+        &self,
+        cluster: ClusterId,
+        node: &NodeName,
+    ) -> Result<Option<BootstrapMaterial>, RepoError> {
+        self.load_bootstrap_material(cluster, node).await
+    }
+}
+
+impl PgRepo {
+    fn open(
+        &self,
+        sealed: &str,
+        table: &str,
+        column: &str,
+        row: &str,
+    ) -> Result<SecretText, RepoError> {
+        self.envelope
+            .open(sealed, Slot { table, column, row })
+            .map_err(|e| RepoError::Unexpected(format!("opening {table}.{column} of {row}: {e}")))
+    }
+
+    async fn load_bootstrap_material(
+        &self,
+        cluster: ClusterId,
+        node: &NodeName,
+    ) -> Result<Option<BootstrapMaterial>, RepoError> {
+        const DOING: &str = "reading a node's bootstrap material";
+        let bound = |e: tokio::time::error::Elapsed| {
+            let _ = e;
+            timed_out(DOING)
+        };
+        let id = cluster.as_uuid();
+        let mut conn = self.connection(DOING).await?;
+        let limit = self.statement_timeout;
+
+        let row = kubeclusters::table
+            .find(id)
+            .select(ClusterSecretsRow::as_select());
+        let Some(row) = tokio::time::timeout(limit, row.first(&mut *conn).await_optional())
+            .await
+            .map_err(bound)?
+            .map_err(|e| query_error(e, DOING))?
+        else {
+            return Ok(None);
+        };
+        let nodes = apiservernodes::table
+            .filter(apiservernodes::cluster_id.eq(id))
+            .order(apiservernodes::ordinal.asc())
+            .select(NodeRow::as_select());
+        let nodes: Vec<NodeRow> = tokio::time::timeout(limit, nodes.load(&mut *conn))
+            .await
+            .map_err(bound)?
+            .map_err(|e| query_error(e, DOING))?;
+        let nodes = nodes
+            .into_iter()
+            .map(|n| n.into_placement(cluster))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(placement) = nodes.iter().find(|n| &n.name == node).cloned() else {
+            return Ok(None);
+        };
+        let ordinal = i16::from(placement.ordinal.get());
+        let apiserver = apiservernodes::table
+            .find((id, ordinal))
+            .select(ApiServerSecretsRow::as_select());
+        let apiserver: ApiServerSecretsRow =
+            tokio::time::timeout(limit, apiserver.first(&mut *conn))
+                .await
+                .map_err(bound)?
+                .map_err(|e| query_error(e, DOING))?;
+        let etcd = etcdnodes::table
+            .find((id, ordinal))
+            .select((etcdnodes::cert, etcdnodes::key));
+        let (etcd_cert, etcd_key): (String, String) =
+            tokio::time::timeout(limit, etcd.first(&mut *conn))
+                .await
+                .map_err(bound)?
+                .map_err(|e| query_error(e, DOING))?;
+        let shared = clustercerts::table
+            .filter(clustercerts::cluster_id.eq(id))
+            .select(ClusterCertRow::as_select());
+        let shared: Vec<ClusterCertRow> = tokio::time::timeout(limit, shared.load(&mut *conn))
+            .await
+            .map_err(bound)?
+            .map_err(|e| query_error(e, DOING))?;
+
+        let cluster_row = cluster.to_string();
+        let node_row = format!("{cluster}/{}", placement.ordinal);
+        let pair = |cert: String, sealed: &str, table: &str, column: &str, row: &str| {
+            Ok::<_, RepoError>(CertifiedKey {
+                cert_pem: cert,
+                key_pem: self.open(sealed, table, column, row)?,
+            })
+        };
+        let shared_cert = |name: &str| -> Result<CertifiedKey, RepoError> {
+            let row = shared.iter().find(|r| r.name == name).ok_or_else(|| {
+                RepoError::NotFound(format!(
+                    "cluster {cluster} has no {name} certificate (founded before bundles existed)"
+                ))
+            })?;
+            pair(
+                row.cert.clone(),
+                &row.key,
+                "clustercerts",
+                "key",
+                &format!("{cluster}/{name}"),
+            )
+        };
+        let (Some(kubelet_cert), Some(kubelet_key)) =
+            (apiserver.kubelet_cert, apiserver.kubelet_key)
+        else {
+            return Err(RepoError::NotFound(format!(
+                "node {node} has no kubelet certificate (founded before bundles existed)"
+            )));
+        };
+        Ok(Some(BootstrapMaterial {
+            cluster_id: cluster,
+            networking: rows::networking(
+                cluster,
+                row.pod_cidr,
+                row.service_cidr,
+                &row.dns_domain,
+                row.api_server_port,
+            )?,
+            control_plane_dns_name: row.control_plane_dns_name,
+            ca: ClusterCa {
+                root: pair(
+                    row.ca_cert,
+                    &row.ca_key,
+                    "kubeclusters",
+                    "ca_key",
+                    &cluster_row,
+                )?,
+                etcd: pair(
+                    row.etcd_ca_cert,
+                    &row.etcd_ca_key,
+                    "kubeclusters",
+                    "etcd_ca_key",
+                    &cluster_row,
+                )?,
+                front_proxy: pair(
+                    row.front_proxy_ca_cert,
+                    &row.front_proxy_ca_key,
+                    "kubeclusters",
+                    "front_proxy_ca_key",
+                    &cluster_row,
+                )?,
+            },
+            service_account: ServiceAccountKeyPair {
+                public_key_pem: row.sa_public_key,
+                private_key_pem: self.open(
+                    &row.sa_private_key,
+                    "kubeclusters",
+                    "sa_private_key",
+                    &cluster_row,
+                )?,
+            },
+            shared: SharedClientCerts {
+                apiserver_etcd_client: shared_cert("apiserver-etcd-client")?,
+                etcd_healthcheck_client: shared_cert("etcd-healthcheck-client")?,
+                front_proxy_client: shared_cert("front-proxy-client")?,
+                apiserver_kubelet_client: shared_cert("apiserver-kubelet-client")?,
+                controller_manager: shared_cert("controller-manager")?,
+                scheduler: shared_cert("scheduler")?,
+            },
+            etcd_cert: pair(etcd_cert, &etcd_key, "etcdnodes", "key", &node_row)?,
+            apiserver_cert: pair(
+                apiserver.cert,
+                &apiserver.key,
+                "apiservernodes",
+                "key",
+                &node_row,
+            )?,
+            kubelet_cert: pair(
+                kubelet_cert,
+                &kubelet_key,
+                "apiservernodes",
+                "kubelet_key",
+                &node_row,
+            )?,
+            bootstrap_token_hash: BootstrapTokenHash::from_stored(apiserver.bootstrap_token_hash),
+            bootstrap_token_expires_at: apiserver.bootstrap_token_expires_at,
+            node: placement,
+            nodes,
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ use plinth_domain::ports::repo::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::schema::{apiservernodes, etcdnodes, kubeclusters, vms};
+use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters, vms};
 
 #[derive(Insertable)]
 #[diesel(table_name = kubeclusters)]
@@ -72,6 +72,57 @@ pub(crate) struct NewApiServerNodeRow<'a> {
     pub key: String,
     pub bootstrap_token_hash: &'a str,
     pub bootstrap_token_expires_at: OffsetDateTime,
+    pub kubelet_cert: Option<&'a str>,
+    pub kubelet_key: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = clustercerts)]
+pub(crate) struct NewClusterCertRow<'a> {
+    pub cluster_id: Uuid,
+    pub name: &'a str,
+    pub cert: &'a str,
+    pub key: String,
+}
+
+/// The sealed columns of a cluster row, for bundles.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = kubeclusters, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ClusterSecretsRow {
+    pub control_plane_dns_name: String,
+    pub pod_cidr: IpNet,
+    pub service_cidr: IpNet,
+    pub dns_domain: String,
+    pub api_server_port: i32,
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub etcd_ca_cert: String,
+    pub etcd_ca_key: String,
+    pub front_proxy_ca_cert: String,
+    pub front_proxy_ca_key: String,
+    pub sa_public_key: String,
+    pub sa_private_key: String,
+}
+
+/// A node's sealed apiserver facet, for bundles.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = apiservernodes, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ApiServerSecretsRow {
+    pub cert: String,
+    pub key: String,
+    pub kubelet_cert: Option<String>,
+    pub kubelet_key: Option<String>,
+    pub bootstrap_token_hash: String,
+    pub bootstrap_token_expires_at: OffsetDateTime,
+}
+
+/// A shared client certificate row.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = clustercerts, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ClusterCertRow {
+    pub name: String,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Queryable, Selectable)]
@@ -209,6 +260,29 @@ impl NodeRow {
     }
 }
 
+/// Networking from its stored columns.
+pub(crate) fn networking(
+    cluster: ClusterId,
+    pod_cidr: IpNet,
+    service_cidr: IpNet,
+    dns_domain: &str,
+    api_server_port: i32,
+) -> Result<Networking, RepoError> {
+    let bad =
+        |field: &str, e: &dyn std::fmt::Display| corrupt(format!("cluster {cluster} {field}: {e}"));
+    let v4net = |net: IpNet, field: &str| match net {
+        IpNet::V4(net) => Ok(net),
+        IpNet::V6(_) => Err(bad(field, &"not IPv4")),
+    };
+    Networking::new(
+        v4net(pod_cidr, "pod_cidr")?,
+        v4net(service_cidr, "service_cidr")?,
+        dns_domain,
+        u16::try_from(api_server_port).map_err(|e| bad("api_server_port", &e))?,
+    )
+    .map_err(|e| bad("networking", &e))
+}
+
 impl ClusterDetailsRow {
     pub(crate) fn into_details(self, nodes: Vec<NodeRow>) -> Result<ClusterDetails, RepoError> {
         let summary = self.summary.into_summary()?;
@@ -232,17 +306,13 @@ impl ClusterDetailsRow {
             image: ImageId::parse(&self.image).map_err(|e| bad("image", &e))?,
             security_groups,
         };
-        let v4net = |net: IpNet, field: &str| match net {
-            IpNet::V4(net) => Ok(net),
-            IpNet::V6(_) => Err(bad(field, &"not IPv4")),
-        };
-        let networking = Networking::new(
-            v4net(self.pod_cidr, "pod_cidr")?,
-            v4net(self.service_cidr, "service_cidr")?,
+        let networking = networking(
+            id,
+            self.pod_cidr,
+            self.service_cidr,
             &self.dns_domain,
-            u16::try_from(self.api_server_port).map_err(|e| bad("api_server_port", &e))?,
-        )
-        .map_err(|e| bad("networking", &e))?;
+            self.api_server_port,
+        )?;
         Ok(ClusterDetails {
             spec,
             security_groups: ClusterSecurityGroups {

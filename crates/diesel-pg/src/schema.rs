@@ -61,6 +61,18 @@ diesel::table! {
         bootstrap_token_hash -> Text,
         bootstrap_token_expires_at -> Timestamptz,
         created_at -> Timestamptz,
+        kubelet_cert -> Nullable<Text>,
+        kubelet_key -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    clustercerts (cluster_id, name) {
+        cluster_id -> Uuid,
+        name -> Text,
+        cert -> Text,
+        key -> Text,
+        created_at -> Timestamptz,
     }
 }
 
@@ -78,4 +90,10 @@ diesel::table! {
 
 diesel::joinable!(etcdnodes -> kubeclusters (cluster_id));
 diesel::joinable!(apiservernodes -> kubeclusters (cluster_id));
-diesel::allow_tables_to_appear_in_same_query!(kubeclusters, etcdnodes, apiservernodes);
+diesel::joinable!(clustercerts -> kubeclusters (cluster_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    kubeclusters,
+    etcdnodes,
+    apiservernodes,
+    clustercerts
+);

@@ -10,13 +10,15 @@ use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, Trans
 use plinth_domain::model::{ClusterId, VmId};
 use plinth_domain::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    RepoError, RepoTx, VmIdentity,
+    RepoError, RepoTx, SharedClientCerts, VmIdentity,
 };
 
 use crate::envelope::{Envelope, Slot};
 use crate::errors::{query_error, timed_out};
-use crate::rows::{NewApiServerNodeRow, NewClusterRow, NewEtcdNodeRow, VmRow, host};
-use crate::schema::{apiservernodes, etcdnodes, kubeclusters, vms};
+use crate::rows::{
+    NewApiServerNodeRow, NewClusterCertRow, NewClusterRow, NewEtcdNodeRow, VmRow, host,
+};
+use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters, vms};
 
 /// An open transaction. Committed or rolled back, its connection goes back to the pool; dropped
 /// while open (an error path, a panic, a cancelled request), or after a call whose outcome is
@@ -151,7 +153,21 @@ fn discard(conn: Object<AsyncPgConnection>) {
     drop(Object::take(conn));
 }
 
-fn node_row_id(cluster: ClusterId, node: &NodePlacement) -> String {
+/// The shared certs by their stored names.
+pub(crate) fn shared_certs(
+    certs: &SharedClientCerts,
+) -> [(&'static str, &plinth_domain::ports::pki::CertifiedKey); 6] {
+    [
+        ("apiserver-etcd-client", &certs.apiserver_etcd_client),
+        ("etcd-healthcheck-client", &certs.etcd_healthcheck_client),
+        ("front-proxy-client", &certs.front_proxy_client),
+        ("apiserver-kubelet-client", &certs.apiserver_kubelet_client),
+        ("controller-manager", &certs.controller_manager),
+        ("scheduler", &certs.scheduler),
+    ]
+}
+
+pub(crate) fn node_row_id(cluster: ClusterId, node: &NodePlacement) -> String {
     format!("{cluster}/{}", node.ordinal)
 }
 
@@ -283,6 +299,12 @@ impl RepoTx for PgTx {
                 column: "key",
                 row: &row_id,
             };
+            let kubelet_slot = Slot {
+                table: "apiservernodes",
+                column: "kubelet_key",
+                row: &row_id,
+            };
+            let kubelet_key = self.seal(&record.kubelet_cert.key_pem, kubelet_slot)?;
             let node = &record.node;
             rows.push(NewApiServerNodeRow {
                 cluster_id: record.cluster_id.as_uuid(),
@@ -296,11 +318,40 @@ impl RepoTx for PgTx {
                 key: self.seal(&record.cert.key_pem, slot)?,
                 bootstrap_token_hash: record.bootstrap_token_hash.as_str(),
                 bootstrap_token_expires_at: record.bootstrap_token_expires_at,
+                kubelet_cert: Some(&record.kubelet_cert.cert_pem),
+                kubelet_key: Some(kubelet_key),
             });
         }
         const DOING: &str = "inserting apiserver node rows";
         let mut conn = self.take_conn(DOING)?;
         let query = diesel::insert_into(apiservernodes::table).values(rows);
+        let outcome = tokio::time::timeout(self.timeout, query.execute(&mut *conn)).await;
+        self.settle(conn, DOING, outcome).map(|_| ())
+    }
+
+    async fn insert_shared_certs(
+        &mut self,
+        cluster: ClusterId,
+        certs: &SharedClientCerts,
+    ) -> Result<(), RepoError> {
+        let mut rows = Vec::with_capacity(6);
+        for (name, cert) in shared_certs(certs) {
+            let row_id = format!("{cluster}/{name}");
+            let slot = Slot {
+                table: "clustercerts",
+                column: "key",
+                row: &row_id,
+            };
+            rows.push(NewClusterCertRow {
+                cluster_id: cluster.as_uuid(),
+                name,
+                cert: &cert.cert_pem,
+                key: self.seal(&cert.key_pem, slot)?,
+            });
+        }
+        const DOING: &str = "inserting the shared client certificates";
+        let mut conn = self.take_conn(DOING)?;
+        let query = diesel::insert_into(clustercerts::table).values(rows);
         let outcome = tokio::time::timeout(self.timeout, query.execute(&mut *conn)).await;
         self.settle(conn, DOING, outcome).map(|_| ())
     }

@@ -21,7 +21,7 @@ use plinth_domain::model::{
 use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
 use plinth_domain::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    PageRequest, Repo, RepoError,
+    PageRequest, Repo, RepoError, SharedClientCerts,
 };
 use time::OffsetDateTime;
 
@@ -196,13 +196,27 @@ async fn found(
             cluster_id: id,
             node: node.clone(),
             cert: certified(&format!("{}-apiserver", node.name)),
+            kubelet_cert: certified(&format!("{}-kubelet", node.name)),
             bootstrap_token_hash: BootstrapTokenHash::of(&format!("token-{}", node.name)),
             bootstrap_token_expires_at: record.created_at + time::Duration::hours(24),
         })
         .collect();
     tx.insert_etcd_nodes(&etcd).await.unwrap();
     tx.insert_apiserver_nodes(&apiserver).await.unwrap();
+    tx.insert_shared_certs(id, &shared(id)).await.unwrap();
     tx.commit().await.unwrap();
+}
+
+fn shared(cluster: ClusterId) -> SharedClientCerts {
+    let cert = |name: &str| certified(&format!("{cluster}-{name}"));
+    SharedClientCerts {
+        apiserver_etcd_client: cert("apiserver-etcd-client"),
+        etcd_healthcheck_client: cert("healthcheck-client"),
+        front_proxy_client: cert("front-proxy-client"),
+        apiserver_kubelet_client: cert("apiserver-kubelet-client"),
+        controller_manager: cert("controller-manager"),
+        scheduler: cert("scheduler"),
+    }
 }
 
 #[derive(QueryableByName)]
@@ -614,10 +628,12 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
         "SELECT sa_private_key AS value FROM kubeclusters",
         "SELECT key AS value FROM etcdnodes",
         "SELECT key AS value FROM apiservernodes",
+        "SELECT kubelet_key AS value FROM apiservernodes",
+        "SELECT key AS value FROM clustercerts",
     ] {
         sealed.extend(column(&mut conn, sql).await);
     }
-    assert_eq!(sealed.len(), 4 * 2 + 4 * 2);
+    assert_eq!(sealed.len(), 4 * 2 + 4 * 2 + 4 + 6 * 2);
     for value in &sealed {
         assert!(value.starts_with("v1:k1:"), "{value}");
         assert!(!value.contains("BEGIN"), "{value}");
@@ -791,4 +807,73 @@ async fn migrating_a_current_schema_changes_nothing() {
     assert_eq!(repo.migrate().await.unwrap(), Vec::<String>::new());
     assert_eq!(repo.migrate().await.unwrap(), Vec::<String>::new());
     repo.ping().await.unwrap();
+}
+
+// ---- bootstrap material -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let record = cluster_record("org-a", Some("boot"), 3, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let other = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &other, 2).await;
+
+    let node = NodeName::new(record.id, NodeOrdinal::new(2).unwrap());
+    let material = repo
+        .bootstrap_material(record.id, &node)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(material.cluster_id, record.id);
+    assert_eq!(material.node, placement(record.id, 1, 2));
+    assert_eq!(
+        material.nodes,
+        (1..=3)
+            .map(|n| placement(record.id, 1, n))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(material.ca, record.ca);
+    assert_eq!(material.service_account, record.service_account);
+    assert_eq!(material.shared, shared(record.id));
+    assert_eq!(material.etcd_cert, certified(&format!("{node}-etcd")));
+    assert_eq!(
+        material.apiserver_cert,
+        certified(&format!("{node}-apiserver"))
+    );
+    assert_eq!(material.kubelet_cert, certified(&format!("{node}-kubelet")));
+    assert!(
+        material
+            .bootstrap_token_hash
+            .matches(&format!("token-{node}"))
+    );
+    assert_eq!(
+        material.bootstrap_token_expires_at,
+        record.created_at + time::Duration::hours(24)
+    );
+    assert_eq!(material.networking, record.networking);
+
+    // A node of another cluster, or a node the cluster does not have: nothing.
+    let foreign = NodeName::new(other.id, NodeOrdinal::new(1).unwrap());
+    assert!(
+        repo.bootstrap_material(record.id, &foreign)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let missing = NodeName::new(record.id, NodeOrdinal::new(5).unwrap());
+    assert!(
+        repo.bootstrap_material(record.id, &missing)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        repo.bootstrap_material(ClusterId::new_random(), &node)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -149,7 +149,12 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
     )
     .unwrap();
     // From an empty database, migrating applies everything once, then nothing.
-    assert_eq!(repo.migrate().await.unwrap().len(), 1);
+    let migrations =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations"))
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().path().is_dir())
+            .count();
+    assert_eq!(repo.migrate().await.unwrap().len(), migrations);
     assert!(repo.migrate().await.unwrap().is_empty());
     migrate_everything(&url).await;
 

@@ -6,6 +6,7 @@
 //! Everything here is tested without infrastructure, with the ports' mockall doubles (enable the
 //! `mocks` feature to use them from other crates).
 
+pub mod bootstrap;
 pub mod found_cluster;
 pub mod model;
 pub mod ports;

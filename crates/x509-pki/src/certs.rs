@@ -386,9 +386,13 @@ fn name(attributes: &[(ObjectIdentifier, &str)]) -> Result<Name, PkiError> {
     let invalid = |e: der::Error| PkiError::InvalidRequest(format!("subject name: {e}"));
     let mut rdns = Vec::with_capacity(attributes.len());
     for (oid, value) in attributes {
-        if value.is_empty() || value.len() > 64 {
+        // X.520 bounds a common name at 64 characters, but Kubernetes identities are longer:
+        // a kubelet's is `system:node:<node name>`, and node names are DNS names. kubeadm issues
+        // such subjects, and Go (kube-apiserver) and OpenSSL verify them; 255 bounds the rest.
+        if value.is_empty() || value.len() > 255 {
             return Err(PkiError::InvalidRequest(format!(
-                "subject attribute {oid} must have 1 to 64 characters, got {value:?}"
+                "subject attribute {oid} must have 1 to 255 characters, got {} characters",
+                value.len()
             )));
         }
         let value = Any::new(Tag::Utf8String, value.as_bytes()).map_err(invalid)?;

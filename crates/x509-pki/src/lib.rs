@@ -187,7 +187,7 @@ mod tests {
         let err = pki.sign_serving_cert(&ca.root, &no_sans).await.unwrap_err();
         assert!(err.to_string().contains("at least one"), "{err}");
         let long_cn = ClientCertRequest {
-            common_name: "x".repeat(65),
+            common_name: "x".repeat(256),
             organizations: vec![],
         };
         let err = pki.sign_client_cert(&ca.root, &long_cn).await.unwrap_err();

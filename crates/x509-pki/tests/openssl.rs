@@ -408,3 +408,32 @@ fn the_service_account_key_is_rsa_2048_pkcs8_with_an_spki_public_key() {
         "openssl pkey -pubin",
     );
 }
+
+#[test]
+fn a_kubelet_subject_longer_than_x520s_64_characters_verifies_strictly() {
+    // `system:node:<node name>` is 70 characters for plinth's node names.
+    let scratch = Scratch::new("openssl-long-cn");
+    let set = TrustSet::new(KeyAlgorithm::EcdsaP256, 1);
+    scratch.write_pair("ca", &set.ca.root);
+    let common_name = format!("system:node:{}", set.nodes[0].name);
+    assert!(common_name.len() > 64);
+    let kubelet = plinth_x509_pki::sign_client_cert(
+        &support::settings(KeyAlgorithm::EcdsaP256),
+        &set.ca.root,
+        &plinth_domain::ports::pki::ClientCertRequest {
+            common_name: common_name.clone(),
+            organizations: vec!["system:nodes".into()],
+        },
+    )
+    .unwrap();
+    scratch.write_pair("kubelet", &kubelet);
+    assert_ok(
+        &verify(&scratch, "kubelet.crt", None, &["-purpose", "sslclient"]),
+        "kubelet client cert",
+    );
+    let text = dump(&scratch, "kubelet.crt");
+    assert!(
+        text.contains(&format!("Subject: O = system:nodes, CN = {common_name}")),
+        "{text}"
+    );
+}

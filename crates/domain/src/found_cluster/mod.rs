@@ -34,7 +34,7 @@ use crate::ports::pki::{
 };
 use crate::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    Repo, RepoTx, VmIdentity,
+    Repo, RepoTx, SharedClientCerts, VmIdentity,
 };
 
 /// Tag keys put on every VM and security group plinth creates.
@@ -56,6 +56,26 @@ pub mod tags {
 const ADMIN_COMMON_NAME: &str = "kubernetes-admin";
 const ADMIN_GROUP: &str = "system:masters";
 const APISERVER_COMMON_NAME: &str = "kube-apiserver";
+/// Subjects of the shared client certificates (kubeadm's, k8s-pki.md §1b). The kubelet client of
+/// kube-apiserver is in `system:masters`, as before Kubernetes 1.29: plinth does not run
+/// `kubeadm init`, so the `kubeadm:cluster-admins` binding newer kubeadm relies on is absent.
+const SHARED_CLIENTS: [(&str, &str, Option<&str>); 6] = [
+    ("apiserver-etcd-client", "kube-apiserver-etcd-client", None),
+    (
+        "etcd-healthcheck-client",
+        "kube-etcd-healthcheck-client",
+        None,
+    ),
+    ("front-proxy-client", "front-proxy-client", None),
+    (
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+    ),
+    ("controller-manager", "system:kube-controller-manager", None),
+    ("scheduler", "system:kube-scheduler", None),
+];
+const NODES_GROUP: &str = "system:nodes";
 /// Why `dns_configured` is false when the deployment has no DNS adapter.
 pub const DNS_NOT_CONFIGURED: &str = "DNS is not configured for this deployment";
 
@@ -155,6 +175,13 @@ struct PlannedNode {
 struct Prepared {
     nodes: Vec<NodePlacement>,
     admin_kubeconfig: SecretText,
+}
+
+/// A node's own certificates.
+struct NodeCerts {
+    etcd: CertifiedKey,
+    apiserver: CertifiedKey,
+    kubelet: CertifiedKey,
 }
 
 /// Per-founding facts every step reads.
@@ -339,12 +366,12 @@ impl FoundCluster {
             .instrument(step_span(FoundingStep::ReadBackVms))
             .await?;
 
-        let certs = self
+        let (certs, shared) = self
             .sign_node_certs(f, &ca, &placements)
             .instrument(step_span(FoundingStep::SignNodeCerts))
             .await?;
 
-        self.insert_nodes(f, tx, &planned, &placements, certs)
+        self.insert_nodes(f, tx, &planned, &placements, certs, &shared)
             .instrument(step_span(FoundingStep::InsertNodes))
             .await?;
 
@@ -507,29 +534,25 @@ impl FoundCluster {
         }
     }
 
-    /// Step 7: per node, an etcd server+peer cert under `etcd-ca` and an apiserver serving cert
-    /// under `ca`. Nodes are signed concurrently (the PKI adapter works off the executor).
+    /// Step 7: per node, an etcd server+peer cert under `etcd-ca`, an apiserver serving cert and
+    /// a kubelet client cert under `ca`; then the client certs all nodes share. Nodes are signed
+    /// concurrently (the PKI adapter works off the executor); nothing is signed at fetch time.
     async fn sign_node_certs(
         &self,
         f: &Founding<'_>,
         ca: &ClusterCa,
         nodes: &[NodePlacement],
-    ) -> Result<Vec<(CertifiedKey, CertifiedKey)>, FoundingFailure> {
+    ) -> Result<(Vec<NodeCerts>, SharedClientCerts), FoundingFailure> {
         let networking = &self.settings.networking;
-        try_join_all(nodes.iter().map(|node| async move {
+        let node_certs = try_join_all(nodes.iter().map(|node| async move {
             let etcd = ServingCertRequest {
                 common_name: node.name.as_str().to_owned(),
                 sans: etcd_sans(&node.name, &node.addresses),
                 client_auth: true,
             };
             let etcd = self
-                .pki
-                .sign_serving_cert(&ca.etcd, &etcd)
-                .await
-                .map_err(|source| FoundingFailure::SignCertificate {
-                    certificate: format!("etcd cert of {}", node.name),
-                    source,
-                })?;
+                .serving(&ca.etcd, &etcd, || format!("etcd cert of {}", node.name))
+                .await?;
             let apiserver = ServingCertRequest {
                 common_name: APISERVER_COMMON_NAME.to_owned(),
                 sans: apiserver_sans(
@@ -541,54 +564,137 @@ impl FoundCluster {
                 client_auth: false,
             };
             let apiserver = self
-                .pki
-                .sign_serving_cert(&ca.root, &apiserver)
-                .await
-                .map_err(|source| FoundingFailure::SignCertificate {
-                    certificate: format!("apiserver cert of {}", node.name),
-                    source,
-                })?;
-            Ok((etcd, apiserver))
+                .serving(&ca.root, &apiserver, || {
+                    format!("apiserver cert of {}", node.name)
+                })
+                .await?;
+            let kubelet = ClientCertRequest {
+                common_name: format!("system:node:{}", node.name),
+                organizations: vec![NODES_GROUP.to_owned()],
+            };
+            let kubelet = self
+                .client(&ca.root, &kubelet, || {
+                    format!("kubelet client cert of {}", node.name)
+                })
+                .await?;
+            Ok(NodeCerts {
+                etcd,
+                apiserver,
+                kubelet,
+            })
         }))
-        .await
+        .await?;
+
+        let issuers = [
+            &ca.etcd,
+            &ca.etcd,
+            &ca.front_proxy,
+            &ca.root,
+            &ca.root,
+            &ca.root,
+        ];
+        let [a, b, c, d, e, g] = SHARED_CLIENTS;
+        let sign = |(label, common_name, group): (&'static str, &str, Option<&str>), issuer| {
+            let request = ClientCertRequest {
+                common_name: common_name.to_owned(),
+                organizations: group.map(str::to_owned).into_iter().collect(),
+            };
+            async move { self.client(issuer, &request, || label.to_owned()).await }
+        };
+        let (
+            apiserver_etcd_client,
+            etcd_healthcheck_client,
+            front_proxy_client,
+            apiserver_kubelet_client,
+            controller_manager,
+            scheduler,
+        ) = futures::try_join!(
+            sign(a, issuers[0]),
+            sign(b, issuers[1]),
+            sign(c, issuers[2]),
+            sign(d, issuers[3]),
+            sign(e, issuers[4]),
+            sign(g, issuers[5]),
+        )?;
+        Ok((
+            node_certs,
+            SharedClientCerts {
+                apiserver_etcd_client,
+                etcd_healthcheck_client,
+                front_proxy_client,
+                apiserver_kubelet_client,
+                controller_manager,
+                scheduler,
+            },
+        ))
     }
 
-    /// Step 8: one etcd row and one apiserver row per node, each kind in one batch.
+    async fn serving(
+        &self,
+        issuer: &CertifiedKey,
+        request: &ServingCertRequest,
+        what: impl FnOnce() -> String,
+    ) -> Result<CertifiedKey, FoundingFailure> {
+        self.pki
+            .sign_serving_cert(issuer, request)
+            .await
+            .map_err(|source| FoundingFailure::SignCertificate {
+                certificate: what(),
+                source,
+            })
+    }
+
+    async fn client(
+        &self,
+        issuer: &CertifiedKey,
+        request: &ClientCertRequest,
+        what: impl FnOnce() -> String,
+    ) -> Result<CertifiedKey, FoundingFailure> {
+        self.pki
+            .sign_client_cert(issuer, request)
+            .await
+            .map_err(|source| FoundingFailure::SignCertificate {
+                certificate: what(),
+                source,
+            })
+    }
+
+    /// Step 8: one etcd row and one apiserver row per node, each kind in one batch, and the
+    /// shared client certs.
     async fn insert_nodes(
         &self,
         f: &Founding<'_>,
         tx: &mut dyn RepoTx,
         planned: &[PlannedNode],
         nodes: &[NodePlacement],
-        certs: Vec<(CertifiedKey, CertifiedKey)>,
+        certs: Vec<NodeCerts>,
+        shared: &SharedClientCerts,
     ) -> Result<(), FoundingFailure> {
         let expires_at = f.created_at + self.settings.bootstrap_token_ttl;
-        let (etcd_certs, apiserver_certs): (Vec<_>, Vec<_>) = certs.into_iter().unzip();
-        let etcd_rows: Vec<EtcdNodeRecord> = nodes
-            .iter()
-            .zip(etcd_certs)
-            .map(|(node, cert)| EtcdNodeRecord {
+        let mut etcd_rows = Vec::with_capacity(nodes.len());
+        let mut apiserver_rows = Vec::with_capacity(nodes.len());
+        for ((node, plan), certs) in nodes.iter().zip(planned).zip(certs) {
+            etcd_rows.push(EtcdNodeRecord {
                 cluster_id: f.cluster_id,
                 node: node.clone(),
-                cert,
-            })
-            .collect();
-        let apiserver_rows: Vec<ApiServerNodeRecord> = nodes
-            .iter()
-            .zip(planned)
-            .zip(apiserver_certs)
-            .map(|((node, plan), cert)| ApiServerNodeRecord {
+                cert: certs.etcd,
+            });
+            apiserver_rows.push(ApiServerNodeRecord {
                 cluster_id: f.cluster_id,
                 node: node.clone(),
-                cert,
+                cert: certs.apiserver,
+                kubelet_cert: certs.kubelet,
                 bootstrap_token_hash: plan.token.hash(),
                 bootstrap_token_expires_at: expires_at,
-            })
-            .collect();
+            });
+        }
         tx.insert_etcd_nodes(&etcd_rows)
             .await
             .map_err(FoundingFailure::InsertNodes)?;
         tx.insert_apiserver_nodes(&apiserver_rows)
+            .await
+            .map_err(FoundingFailure::InsertNodes)?;
+        tx.insert_shared_certs(f.cluster_id, shared)
             .await
             .map_err(FoundingFailure::InsertNodes)
     }
@@ -604,13 +710,8 @@ impl FoundCluster {
             organizations: vec![ADMIN_GROUP.to_owned()],
         };
         let client = self
-            .pki
-            .sign_client_cert(root, &request)
-            .await
-            .map_err(|source| FoundingFailure::SignCertificate {
-                certificate: "admin client".to_owned(),
-                source,
-            })?;
+            .client(root, &request, || "admin client".to_owned())
+            .await?;
         let cluster_name = format!("cluster-{}", f.cluster_id);
         let user_name = format!("{cluster_name}-admin");
         let server = format!(

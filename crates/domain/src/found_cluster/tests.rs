@@ -17,9 +17,19 @@ use crate::model::{BootstrapTokenHash, FlavorId, ImageId, SubnetId};
 use crate::ports::compute::{ComputeError, MockCompute, Subnet};
 use crate::ports::dns::{DnsError, MockDns};
 use crate::ports::pki::{MockPki, PkiError};
-use crate::ports::repo::{MockRepo, MockRepoTx, RepoError};
+use crate::ports::repo::{MockRepo, MockRepoTx, RepoError, SharedClientCerts};
 
 const ZONE: &str = "k8s.example.test";
+
+/// The shared client certs, in signing order: subject CN and issuer.
+const SHARED: [(&str, &str); 6] = [
+    ("kube-apiserver-etcd-client", "etcd-ca"),
+    ("kube-etcd-healthcheck-client", "etcd-ca"),
+    ("front-proxy-client", "front-proxy-ca"),
+    ("kube-apiserver-kubelet-client", "ca"),
+    ("system:kube-controller-manager", "ca"),
+    ("system:kube-scheduler", "ca"),
+];
 const CREATED_GROUP: &str = "sg-created";
 
 /// Where a scenario fails; `Nothing` is the happy path. Variants are in founding order.
@@ -39,8 +49,12 @@ enum FailAt {
     VmAddressDeadline,
     SignEtcdCert(u8),
     SignApiserverCert(u8),
+    SignKubeletCert(u8),
+    /// The i-th (0-based) shared client cert of `SHARED` fails.
+    SignSharedCert(usize),
     InsertEtcdNodes,
     InsertApiserverNodes,
+    InsertSharedCerts,
     SignAdminCert,
     Commit,
     Nothing,
@@ -60,11 +74,13 @@ impl FailAt {
             Self::RecordSecurityGroups => 8,
             Self::CreateVm(_) => 9,
             Self::VmIdentityLookup | Self::VmAddressDeadline => 10,
-            Self::SignEtcdCert(_) | Self::SignApiserverCert(_) => 11,
-            Self::InsertEtcdNodes => 12,
-            Self::InsertApiserverNodes => 13,
-            Self::SignAdminCert => 14,
-            Self::Commit => 15,
+            Self::SignEtcdCert(_) | Self::SignApiserverCert(_) | Self::SignKubeletCert(_) => 11,
+            Self::SignSharedCert(_) => 12,
+            Self::InsertEtcdNodes => 13,
+            Self::InsertApiserverNodes => 14,
+            Self::InsertSharedCerts => 15,
+            Self::SignAdminCert => 16,
+            Self::Commit => 17,
             Self::Nothing => u8::MAX,
         }
     }
@@ -120,6 +136,7 @@ struct Captured {
     client_requests: Vec<(String, ClientCertRequest)>,
     etcd_rows: Vec<EtcdNodeRecord>,
     apiserver_rows: Vec<ApiServerNodeRecord>,
+    shared_certs: Option<SharedClientCerts>,
     dns_records: Option<AddressRecords>,
 }
 
@@ -405,28 +422,70 @@ fn mocks(s: &Scenario) -> Mocks {
             });
     }
 
-    // Step 7: per node an etcd cert under etcd-ca, then an apiserver cert under ca. Nodes are
-    // signed concurrently, so after a failure the later nodes may or may not be asked.
+    // Step 7: per node an etcd cert under etcd-ca, an apiserver cert and a kubelet client cert
+    // under ca; then the shared client certs. Nodes (and the shared certs) are signed
+    // concurrently, so after a failure the later ones may or may not be asked.
     if reached(FailAt::SignEtcdCert(0)) {
         let failing_node = match fail {
-            FailAt::SignEtcdCert(k) | FailAt::SignApiserverCert(k) => k,
+            FailAt::SignEtcdCert(k) | FailAt::SignApiserverCert(k) | FailAt::SignKubeletCert(k) => {
+                k
+            }
             _ => u8::MAX,
         };
         for n in 1..=count {
-            for (kind, issuer) in [("etcd", "etcd-ca"), ("apiserver", "ca")] {
-                let fails = (kind == "etcd" && fail == FailAt::SignEtcdCert(n))
-                    || (kind == "apiserver" && fail == FailAt::SignApiserverCert(n));
-                let skipped = n == failing_node && kind == "apiserver" && !fails;
-                if skipped {
+            for kind in ["etcd", "apiserver", "kubelet"] {
+                let fails = match fail {
+                    FailAt::SignEtcdCert(k) => k == n && kind == "etcd",
+                    FailAt::SignApiserverCert(k) => k == n && kind == "apiserver",
+                    FailAt::SignKubeletCert(k) => k == n && kind == "kubelet",
+                    _ => false,
+                };
+                // On the failing node, what comes after the failure is never asked for.
+                let after_failure = n == failing_node
+                    && match fail {
+                        FailAt::SignEtcdCert(_) => kind != "etcd",
+                        FailAt::SignApiserverCert(_) => kind == "kubelet",
+                        _ => false,
+                    };
+                if after_failure {
                     continue;
                 }
-                let node_suffix = format!("cp-{n}.");
+                let node_prefix = format!("cp-{n}.");
                 let captured = Arc::clone(&captured);
+                let in_order = n <= failing_node || failing_node == u8::MAX;
+                if kind == "kubelet" {
+                    let expectation = pki.expect_sign_client_cert();
+                    let cn = format!("system:node:{node_prefix}");
+                    expectation
+                        .withf(move |issuer_key, request| {
+                            issuer_key.cert_pem == "cert of ca"
+                                && request.common_name.starts_with(&cn)
+                        })
+                        .returning(move |issuer_key, request| {
+                            captured
+                                .lock()
+                                .unwrap()
+                                .client_requests
+                                .push((issuer_key.cert_pem.clone(), request.clone()));
+                            if fails {
+                                Err(pki_error())
+                            } else {
+                                Ok(certified(&format!("kubelet {}", request.common_name)))
+                            }
+                        });
+                    if in_order {
+                        expectation.times(1).in_sequence(&mut seq);
+                    } else {
+                        expectation.times(0..=1);
+                    }
+                    continue;
+                }
+                let issuer = if kind == "etcd" { "etcd-ca" } else { "ca" };
                 let expectation = pki.expect_sign_serving_cert();
                 expectation
                     .withf(move |issuer_key, request| {
                         issuer_key.cert_pem == format!("cert of {issuer}")
-                            && request.sans.dns_names[0].starts_with(&node_suffix)
+                            && request.sans.dns_names[0].starts_with(&node_prefix)
                     })
                     .returning(move |issuer_key, request| {
                         captured
@@ -440,11 +499,42 @@ fn mocks(s: &Scenario) -> Mocks {
                             Ok(certified(&format!("{kind} {}", request.sans.dns_names[0])))
                         }
                     });
-                if n <= failing_node || failing_node == u8::MAX {
+                if in_order {
                     expectation.times(1).in_sequence(&mut seq);
                 } else {
                     expectation.times(0..=1);
                 }
+            }
+        }
+    }
+    if reached(FailAt::SignSharedCert(0)) {
+        let failing = match fail {
+            FailAt::SignSharedCert(i) => i,
+            _ => usize::MAX,
+        };
+        for (i, (cn, issuer)) in SHARED.into_iter().enumerate() {
+            let captured = Arc::clone(&captured);
+            let expectation = pki.expect_sign_client_cert();
+            expectation
+                .withf(move |issuer_key, request| {
+                    issuer_key.cert_pem == format!("cert of {issuer}") && request.common_name == cn
+                })
+                .returning(move |issuer_key, request| {
+                    captured
+                        .lock()
+                        .unwrap()
+                        .client_requests
+                        .push((issuer_key.cert_pem.clone(), request.clone()));
+                    if i == failing {
+                        Err(pki_error())
+                    } else {
+                        Ok(certified(cn))
+                    }
+                });
+            if i <= failing {
+                expectation.times(1).in_sequence(&mut seq);
+            } else {
+                expectation.times(0..=1);
             }
         }
     }
@@ -478,9 +568,23 @@ fn mocks(s: &Scenario) -> Mocks {
     }
 
     // Step 9: admin cert, commit.
+    if reached(FailAt::InsertSharedCerts) {
+        let captured = Arc::clone(&captured);
+        tx.expect_insert_shared_certs()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, certs| {
+                captured.lock().unwrap().shared_certs = Some(certs.clone());
+                match fail {
+                    FailAt::InsertSharedCerts => Err(repo_unavailable()),
+                    _ => Ok(()),
+                }
+            });
+    }
     if reached(FailAt::SignAdminCert) {
         let captured = Arc::clone(&captured);
         pki.expect_sign_client_cert()
+            .withf(|_, request| request.common_name == "kubernetes-admin")
             .times(1)
             .in_sequence(&mut seq)
             .returning(move |issuer, request| {
@@ -747,22 +851,56 @@ async fn happy_path_runs_every_step_in_order() {
         assert_eq!(etcd.cert.cert_pem, format!("cert of etcd {node}"));
         assert_eq!(api.cert.cert_pem, format!("cert of apiserver {node}"));
         assert_eq!(
+            api.kubelet_cert.cert_pem,
+            format!("cert of kubelet system:node:{node}")
+        );
+        assert_eq!(
             api.bootstrap_token_expires_at - cluster.created_at,
             time::Duration::hours(24)
         );
     }
 
-    // Step 9: admin cert under ca, system:masters.
+    // Kubelet client certs (one per node), the shared client certs, then the admin cert.
+    let clients: Vec<(String, String, Vec<String>)> = seen
+        .client_requests
+        .iter()
+        .map(|(issuer, r)| {
+            (
+                issuer.clone(),
+                r.common_name.clone(),
+                r.organizations.clone(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, String, Vec<String>)> = (1..=3)
+        .map(|n| {
+            (
+                "cert of ca".to_owned(),
+                format!("system:node:cp-{n}.cluster-{id}.internal"),
+                vec!["system:nodes".to_owned()],
+            )
+        })
+        .collect();
+    for (cn, issuer) in SHARED {
+        let groups = if cn == "kube-apiserver-kubelet-client" {
+            vec!["system:masters".to_owned()]
+        } else {
+            vec![]
+        };
+        expected.push((format!("cert of {issuer}"), cn.to_owned(), groups));
+    }
+    expected.push((
+        "cert of ca".to_owned(),
+        "kubernetes-admin".to_owned(),
+        vec!["system:masters".to_owned()],
+    ));
+    assert_eq!(clients, expected);
+    let shared = seen.shared_certs.as_ref().unwrap();
     assert_eq!(
-        seen.client_requests,
-        [(
-            "cert of ca".to_owned(),
-            ClientCertRequest {
-                common_name: "kubernetes-admin".into(),
-                organizations: vec!["system:masters".into()],
-            }
-        )]
+        shared.apiserver_etcd_client,
+        certified("kube-apiserver-etcd-client")
     );
+    assert_eq!(shared.scheduler, certified("system:kube-scheduler"));
 
     // Step 10 and the answer.
     let records = seen.dns_records.as_ref().unwrap();
@@ -1114,6 +1252,42 @@ async fn an_apiserver_cert_signing_failure_deletes_every_vm_and_the_group() {
     assert!(
         certificate.starts_with("apiserver cert of cp-2."),
         "{certificate}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kubelet_cert_signing_failure_deletes_every_vm_and_the_group() {
+    let failure = stop_at(FailAt::SignKubeletCert(3)).await;
+    let FoundingFailure::SignCertificate { certificate, .. } = &failure else {
+        panic!("{failure}");
+    };
+    assert!(
+        certificate.starts_with("kubelet client cert of cp-3."),
+        "{certificate}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_client_cert_signing_failure_deletes_every_vm_and_the_group() {
+    for (i, label) in [
+        (0, "apiserver-etcd-client"),
+        (3, "apiserver-kubelet-client"),
+        (5, "scheduler"),
+    ] {
+        let failure = stop_at(FailAt::SignSharedCert(i)).await;
+        let FoundingFailure::SignCertificate { certificate, .. } = &failure else {
+            panic!("{failure}");
+        };
+        assert_eq!(certificate, label);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_cert_row_failure_deletes_every_vm_and_the_group() {
+    let failure = stop_at(FailAt::InsertSharedCerts).await;
+    assert!(
+        matches!(failure, FoundingFailure::InsertNodes(_)),
+        "{failure}"
     );
 }
 

@@ -56,8 +56,10 @@ pub fn bootstrap_path_template(cluster: ClusterId) -> String {
 }
 
 /// Renders the shim a VM boots with. It holds the node's bundle URL and token and nothing else
-/// secret; it fetches the bundle (bounded retries), checks the gzip stream is whole, unpacks it
-/// under `/` and starts the kubelet, which runs the static pods the bundle brings.
+/// secret; it fetches the bundle (bounded retries), checks it against the `X-Bundle-Sha256` the
+/// server sent, unpacks it under `/` and starts the kubelet, which runs the static pods the bundle
+/// brings. `PLINTH_BOOTSTRAP_ROOT` (default `/`) and `PLINTH_START_KUBELET=no` let an operator
+/// stage a bundle elsewhere to inspect it.
 pub fn render_userdata_shim(
     base: &BootstrapBaseUrl,
     cluster: ClusterId,
@@ -67,28 +69,33 @@ pub fn render_userdata_shim(
     let url = format!("{base}{}", bootstrap_path(cluster, node));
     SecretText::new(format!(
         r#"#!/bin/sh
-# plinth bootstrap shim: fetch this node's bundle, check it, unpack it under /, start the kubelet.
+# plinth bootstrap shim: fetch this node's bundle, check it, unpack it, start the kubelet.
 # It holds one node-scoped, expiring token and no key material.
 set -eu
 PLINTH_BOOTSTRAP_URL={url}
 PLINTH_BOOTSTRAP_TOKEN={token}
+root=${{PLINTH_BOOTSTRAP_ROOT:-/}}
 umask 077
-bundle=$(mktemp)
-trap 'rm -f "$bundle"' EXIT
-attempt=1
-until curl --fail --silent --show-error --connect-timeout 10 --max-time 120 \
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fetch() {{
+  curl --fail --silent --show-error --connect-timeout 10 --max-time 120 \
     --header "Authorization: Bearer $PLINTH_BOOTSTRAP_TOKEN" \
-    --output "$bundle" "$PLINTH_BOOTSTRAP_URL"; do
+    --dump-header "$work/headers" --output "$work/bundle" "$PLINTH_BOOTSTRAP_URL" || return 1
+  sum=$(tr -d '\r' <"$work/headers" | sed -n 's/^[Xx]-[Bb]undle-[Ss]ha256: *//p' | tail -n 1)
+  [ -n "$sum" ] && [ "$(sha256sum "$work/bundle" | cut -d ' ' -f 1)" = "$sum" ]
+}}
+attempt=1
+until fetch; do
   if [ "$attempt" -ge 30 ]; then
-    echo "plinth: fetching the bootstrap bundle failed $attempt times" >&2
+    echo "plinth: no whole bootstrap bundle after $attempt attempts" >&2
     exit 1
   fi
   attempt=$((attempt + 1))
   sleep 10
 done
-gzip -t "$bundle"
-tar -xzf "$bundle" -C /
-systemctl enable --now kubelet
+tar -xzf "$work/bundle" -C "$root"
+[ "${{PLINTH_START_KUBELET:-yes}}" = no ] || systemctl enable --now kubelet
 "#,
         token = token.expose(),
     ))

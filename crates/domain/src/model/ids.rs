@@ -62,6 +62,13 @@ impl ClusterId {
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
+
+    /// Reads an id from text (a URL path, say).
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| InvalidValue("a cluster id is a UUID".into()))
+    }
 }
 
 impl fmt::Display for ClusterId {

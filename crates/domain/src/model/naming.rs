@@ -80,6 +80,14 @@ impl NodeName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The node of `cluster` that `raw` names, if any (a cluster has at most 7 nodes).
+    pub fn find(cluster: ClusterId, raw: &str) -> Option<(NodeOrdinal, Self)> {
+        (1..=7u8)
+            .filter_map(|n| NodeOrdinal::new(n).ok())
+            .map(|ordinal| (ordinal, Self::new(cluster, ordinal)))
+            .find(|(_, name)| name.0 == raw)
+    }
 }
 
 impl fmt::Display for NodeName {

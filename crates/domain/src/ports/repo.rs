@@ -92,9 +92,60 @@ pub struct ApiServerNodeRecord {
     pub node: NodePlacement,
     /// Serving certificate; the adapter encrypts the key.
     pub cert: CertifiedKey,
+    /// The node's kubelet client certificate (`system:node:<name>`, `system:nodes`).
+    pub kubelet_cert: CertifiedKey,
     /// Hash of the node's bootstrap token; the token itself is only in the VM's userdata.
     pub bootstrap_token_hash: BootstrapTokenHash,
     /// When the bootstrap token stops working.
+    pub bootstrap_token_expires_at: OffsetDateTime,
+}
+
+/// The client certificates every control-plane node shares (kubeadm's, signed at founding so
+/// that a bundle is pure rendering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedClientCerts {
+    /// `kube-apiserver-etcd-client`, under etcd-ca: kube-apiserver talking to etcd.
+    pub apiserver_etcd_client: CertifiedKey,
+    /// `kube-etcd-healthcheck-client`, under etcd-ca: etcd's liveness probe.
+    pub etcd_healthcheck_client: CertifiedKey,
+    /// `front-proxy-client`, under front-proxy-ca: kube-apiserver proxying to extension servers.
+    pub front_proxy_client: CertifiedKey,
+    /// `kube-apiserver-kubelet-client`, under ca: kube-apiserver talking to kubelets.
+    pub apiserver_kubelet_client: CertifiedKey,
+    /// `system:kube-controller-manager`, under ca.
+    pub controller_manager: CertifiedKey,
+    /// `system:kube-scheduler`, under ca.
+    pub scheduler: CertifiedKey,
+}
+
+/// Everything one node's bootstrap bundle is rendered from, keys opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapMaterial {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// In-cluster networking.
+    pub networking: Networking,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// Root and intermediate CAs, with keys.
+    pub ca: ClusterCa,
+    /// The service-account signer.
+    pub service_account: ServiceAccountKeyPair,
+    /// The shared client certificates.
+    pub shared: SharedClientCerts,
+    /// Every node of the cluster, in ordinal order (for etcd's initial cluster).
+    pub nodes: Vec<NodePlacement>,
+    /// The node the bundle is for.
+    pub node: NodePlacement,
+    /// Its etcd server and peer certificate.
+    pub etcd_cert: CertifiedKey,
+    /// Its kube-apiserver serving certificate.
+    pub apiserver_cert: CertifiedKey,
+    /// Its kubelet client certificate.
+    pub kubelet_cert: CertifiedKey,
+    /// Hash of its bootstrap token.
+    pub bootstrap_token_hash: BootstrapTokenHash,
+    /// When the token stops working.
     pub bootstrap_token_expires_at: OffsetDateTime,
 }
 
@@ -196,6 +247,14 @@ pub trait Repo: Send + Sync {
         org: &OrgId,
         page: &PageRequest,
     ) -> Result<ClusterPage, RepoError>;
+
+    /// What node `node` of `cluster` needs to boot, keys opened; `None` if there is no such
+    /// node. (Callers must check the node's bootstrap token before using any of it.)
+    async fn bootstrap_material(
+        &self,
+        cluster: ClusterId,
+        node: &NodeName,
+    ) -> Result<Option<BootstrapMaterial>, RepoError>;
 }
 
 /// One open transaction. Dropping it without [`RepoTx::commit`] rolls it back.
@@ -222,6 +281,13 @@ pub trait RepoTx: Send {
     async fn insert_apiserver_nodes(
         &mut self,
         nodes: &[ApiServerNodeRecord],
+    ) -> Result<(), RepoError>;
+
+    /// Inserts the cluster's shared client certificates.
+    async fn insert_shared_certs(
+        &mut self,
+        cluster: ClusterId,
+        certs: &SharedClientCerts,
     ) -> Result<(), RepoError>;
 
     /// Makes everything durable.

@@ -1,0 +1,288 @@
+//! The boot path (DESIGN.md §6): a node proves it is that node with its bootstrap token and gets
+//! exactly the files it must run, in kubeadm's layout — rendered from persisted rows only,
+//! nothing signed at fetch time.
+
+mod manifests;
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::found_cluster::{KubeconfigSpec, render_kubeconfig};
+use crate::model::{ClusterId, InvalidValue, NodeName, SecretText};
+use crate::ports::pki::CertifiedKey;
+use crate::ports::repo::{BootstrapMaterial, Repo};
+
+/// What a deployment configures about the control plane its nodes run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleSettings {
+    /// e.g. `v1.32.4`: the tag of kube-apiserver, kube-controller-manager and kube-scheduler.
+    pub kubernetes_version: String,
+    /// e.g. `registry.k8s.io`.
+    pub image_repository: String,
+    /// e.g. `registry.k8s.io/etcd:3.5.16-0`.
+    pub etcd_image: String,
+}
+
+impl BundleSettings {
+    /// Checks the values are plain image references.
+    pub fn new(
+        kubernetes_version: &str,
+        image_repository: &str,
+        etcd_image: &str,
+    ) -> Result<Self, InvalidValue> {
+        let plain = |what: &str, value: &str| {
+            let ok = !value.is_empty()
+                && value.len() <= 255
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"./:-_@".contains(&b));
+            if ok {
+                Ok(())
+            } else {
+                Err(InvalidValue(format!(
+                    "{what} {value:?} is not an image reference or tag"
+                )))
+            }
+        };
+        plain("kubernetes_version", kubernetes_version)?;
+        plain("image_repository", image_repository)?;
+        plain("etcd_image", etcd_image)?;
+        Ok(Self {
+            kubernetes_version: kubernetes_version.to_owned(),
+            image_repository: image_repository.trim_end_matches('/').to_owned(),
+            etcd_image: etcd_image.to_owned(),
+        })
+    }
+}
+
+impl Default for BundleSettings {
+    fn default() -> Self {
+        Self {
+            kubernetes_version: "v1.32.4".to_owned(),
+            image_repository: "registry.k8s.io".to_owned(),
+            etcd_image: "registry.k8s.io/etcd:3.5.16-0".to_owned(),
+        }
+    }
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleFile {
+    /// Absolute path on the node, e.g. `/etc/kubernetes/pki/ca.crt`.
+    pub path: String,
+    /// Unix mode: 0600 for keys and kubeconfigs, 0644 otherwise.
+    pub mode: u32,
+    /// The contents (secret: keys and kubeconfigs are among them).
+    pub contents: SecretText,
+}
+
+/// Everything one node needs, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// The node.
+    pub node_name: NodeName,
+    /// The files, in a stable order.
+    pub files: Vec<BundleFile>,
+}
+
+impl Bundle {
+    /// The directories the files live in, parents first (for archive formats that want them).
+    pub fn directories(&self) -> Vec<String> {
+        let mut dirs: Vec<String> = Vec::new();
+        for file in &self.files {
+            let mut at = String::new();
+            let parts: Vec<&str> = file.path.trim_start_matches('/').split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                at.push('/');
+                at.push_str(part);
+                if !dirs.contains(&at) {
+                    dirs.push(at.clone());
+                }
+            }
+        }
+        dirs
+    }
+}
+
+const PKI: &str = "/etc/kubernetes/pki";
+const PUBLIC: u32 = 0o644;
+const PRIVATE: u32 = 0o600;
+
+fn file(path: String, mode: u32, contents: SecretText) -> BundleFile {
+    BundleFile {
+        path,
+        mode,
+        contents,
+    }
+}
+
+fn pair(files: &mut Vec<BundleFile>, base: &str, cert: &CertifiedKey) {
+    files.push(file(
+        format!("{PKI}/{base}.crt"),
+        PUBLIC,
+        SecretText::new(&cert.cert_pem),
+    ));
+    files.push(file(
+        format!("{PKI}/{base}.key"),
+        PRIVATE,
+        cert.key_pem.clone(),
+    ));
+}
+
+/// Renders a node's bundle: kubeadm's `/etc/kubernetes/pki`, the component kubeconfigs (whose
+/// server is the first control-plane node's address), and the static pod manifests.
+pub fn render_bundle(
+    material: &BootstrapMaterial,
+    settings: &BundleSettings,
+) -> Result<Bundle, String> {
+    let m = material;
+    let mut files = Vec::with_capacity(40);
+    pair(&mut files, "ca", &m.ca.root);
+    files.push(file(
+        format!("{PKI}/sa.key"),
+        PRIVATE,
+        m.service_account.private_key_pem.clone(),
+    ));
+    files.push(file(
+        format!("{PKI}/sa.pub"),
+        PUBLIC,
+        SecretText::new(&m.service_account.public_key_pem),
+    ));
+    pair(&mut files, "apiserver", &m.apiserver_cert);
+    pair(
+        &mut files,
+        "apiserver-kubelet-client",
+        &m.shared.apiserver_kubelet_client,
+    );
+    pair(
+        &mut files,
+        "apiserver-etcd-client",
+        &m.shared.apiserver_etcd_client,
+    );
+    pair(&mut files, "front-proxy-ca", &m.ca.front_proxy);
+    pair(
+        &mut files,
+        "front-proxy-client",
+        &m.shared.front_proxy_client,
+    );
+    pair(&mut files, "etcd/ca", &m.ca.etcd);
+    pair(&mut files, "etcd/server", &m.etcd_cert);
+    pair(&mut files, "etcd/peer", &m.etcd_cert);
+    pair(
+        &mut files,
+        "etcd/healthcheck-client",
+        &m.shared.etcd_healthcheck_client,
+    );
+
+    let first = m
+        .nodes
+        .first()
+        .ok_or_else(|| format!("cluster {} has no nodes", m.cluster_id))?;
+    let server = format!(
+        "https://{}:{}",
+        first.addresses.ipv4,
+        m.networking.api_server_port()
+    );
+    let cluster_name = format!("cluster-{}", m.cluster_id);
+    let kubelet_user = format!("system:node:{}", m.node.name);
+    for (name, user, client) in [
+        (
+            "controller-manager.conf",
+            "system:kube-controller-manager",
+            &m.shared.controller_manager,
+        ),
+        (
+            "scheduler.conf",
+            "system:kube-scheduler",
+            &m.shared.scheduler,
+        ),
+        ("kubelet.conf", kubelet_user.as_str(), &m.kubelet_cert),
+    ] {
+        let yaml = render_kubeconfig(&KubeconfigSpec {
+            cluster_name: &cluster_name,
+            server: &server,
+            ca_cert_pem: &m.ca.root.cert_pem,
+            user_name: user,
+            client,
+        })?;
+        files.push(file(format!("/etc/kubernetes/{name}"), PRIVATE, yaml));
+    }
+    for (name, yaml) in manifests::render(m, settings)? {
+        files.push(file(
+            format!("/etc/kubernetes/manifests/{name}"),
+            PUBLIC,
+            SecretText::new(yaml),
+        ));
+    }
+    Ok(Bundle {
+        cluster_id: m.cluster_id,
+        node_name: m.node.name.clone(),
+        files,
+    })
+}
+
+/// Why a bundle was not handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchBundleError {
+    /// No such node, or a wrong, expired or other node's token: deliberately one answer.
+    #[error("invalid bootstrap token")]
+    Unauthorized,
+    /// The database could not be read.
+    #[error("cluster truth unavailable: {0}")]
+    Unavailable(String),
+    /// The stored rows cannot make a bundle.
+    #[error("the bundle cannot be rendered: {0}")]
+    Unrenderable(String),
+}
+
+/// The use case behind `GET /bootstrap/{cluster_id}/nodes/{node_name}`.
+pub struct FetchBundle {
+    repo: Arc<dyn Repo>,
+    settings: BundleSettings,
+}
+
+impl std::fmt::Debug for FetchBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchBundle")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FetchBundle {
+    /// Wires the use case.
+    pub fn new(repo: Arc<dyn Repo>, settings: BundleSettings) -> Self {
+        Self { repo, settings }
+    }
+
+    /// The bundle of node `node` of cluster `cluster`, for the holder of its token (as they
+    /// arrive in the request; anything malformed is simply unauthorized).
+    pub async fn fetch(
+        &self,
+        cluster: &str,
+        node: &str,
+        token: &str,
+    ) -> Result<Bundle, FetchBundleError> {
+        let cluster = ClusterId::parse(cluster).map_err(|_| FetchBundleError::Unauthorized)?;
+        let (_, node) = NodeName::find(cluster, node).ok_or(FetchBundleError::Unauthorized)?;
+        let material = self
+            .repo
+            .bootstrap_material(cluster, &node)
+            .await
+            .map_err(|e| FetchBundleError::Unavailable(e.to_string()))?
+            .ok_or(FetchBundleError::Unauthorized)?;
+        // The hash comparison is constant-time; expiry is checked after it either way.
+        let genuine = material.bootstrap_token_hash.matches(token);
+        let fresh = OffsetDateTime::now_utc() < material.bootstrap_token_expires_at;
+        if !(genuine && fresh) {
+            return Err(FetchBundleError::Unauthorized);
+        }
+        render_bundle(&material, &self.settings).map_err(FetchBundleError::Unrenderable)
+    }
+}
+
+#[cfg(test)]
+mod tests;

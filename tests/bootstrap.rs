@@ -1,0 +1,578 @@
+//! The boot path, end to end: found a 3-node cluster through the API; read each VM's userdata
+//! from the compute service; run that userdata shim (fetch with the node's token, check the
+//! checksum, unpack); boot a real 3-member etcd from the unpacked files and the flags of each
+//! node's etcd manifest; reach it with the bundle's apiserver-etcd-client certificate (and be
+//! refused with the admin's); and complete a TLS handshake between kubectl (admin kubeconfig)
+//! and node 1's apiserver certificate. Bundles go only to the holder of the node's token.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{COMPUTE_TOKEN, Options, Stack};
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Node {
+    name: String,
+    ipv4: Ipv4Addr,
+    root: PathBuf,
+    url: String,
+    token: String,
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "status {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn line_value(shim: &str, key: &str) -> String {
+    shim.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in the shim"))
+        .to_owned()
+}
+
+/// Founds a 3-node cluster and runs each VM's userdata shim into a directory of its own.
+async fn found_and_fetch(stack: &Stack) -> (Value, Vec<Node>) {
+    let (status, _, founded) = stack
+        .post_cluster(
+            &stack.token("org-a"),
+            json!({"name": "boot", "control_plane_count": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{founded}");
+    let mut nodes = Vec::new();
+    for (n, node) in founded["nodes"].as_array().unwrap().iter().enumerate() {
+        let vm: Value = stack
+            .client
+            .get(format!(
+                "{}/v1/vms/{}",
+                stack.sim.base_url(),
+                node["vm_id"].as_str().unwrap()
+            ))
+            .bearer_auth(COMPUTE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let shim = vm["user_data"].as_str().unwrap();
+        assert!(!shim.contains("BEGIN"), "the shim carries no key material");
+        let root = stack
+            .scratch(&format!("node-{}/.keep", n + 1), "")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let shim_file = stack.scratch(&format!("shim-{}.sh", n + 1), shim);
+        let output = Command::new("sh")
+            .arg(&shim_file)
+            .env("PLINTH_BOOTSTRAP_ROOT", &root)
+            .env("PLINTH_START_KUBELET", "no")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the shim failed: {}",
+            text(&output)
+        );
+        nodes.push(Node {
+            name: node["name"].as_str().unwrap().to_owned(),
+            ipv4: node["ipv4"].as_str().unwrap().parse().unwrap(),
+            url: line_value(shim, "PLINTH_BOOTSTRAP_URL"),
+            token: line_value(shim, "PLINTH_BOOTSTRAP_TOKEN"),
+            root,
+        });
+    }
+    (founded, nodes)
+}
+
+fn path(node: &Node, file: &str) -> PathBuf {
+    node.root.join(file.trim_start_matches('/'))
+}
+
+fn manifest(node: &Node, name: &str) -> Value {
+    let yaml = std::fs::read_to_string(path(
+        node,
+        &format!("/etc/kubernetes/manifests/{name}.yaml"),
+    ))
+    .unwrap();
+    yaml_serde::from_str(&yaml).unwrap()
+}
+
+/// etcd's arguments from the node's manifest, re-rooted into the node's directory. Three members
+/// share this host's 127.0.0.1, so the loopback client listener (which every member would bind)
+/// is left out and metrics listen on the node's own address; everything else is the manifest's.
+fn etcd_args(node: &Node) -> Vec<String> {
+    let pod = manifest(node, "etcd");
+    let command: Vec<String> = pod["spec"]["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(command[0], "etcd");
+    let root = node.root.to_str().unwrap();
+    command[1..]
+        .iter()
+        .map(|arg| {
+            let (flag, value) = arg.split_once('=').unwrap();
+            let value = match flag {
+                "--listen-client-urls" => value
+                    .split(',')
+                    .filter(|url| !url.contains("//127.0.0.1:"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--listen-metrics-urls" => value.replace("127.0.0.1", &node.ipv4.to_string()),
+                _ if value.starts_with("/etc/kubernetes/")
+                    || value.starts_with("/var/lib/etcd") =>
+                {
+                    format!("{root}{value}")
+                }
+                _ => value.to_owned(),
+            };
+            format!("{flag}={value}")
+        })
+        .collect()
+}
+
+fn wait_for_port(ip: Ipv4Addr, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(
+            &(IpAddr::V4(ip), port).into(),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {ip}:{port}");
+}
+
+fn etcdctl(
+    endpoints: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new("timeout")
+        .args([
+            "15",
+            "etcdctl",
+            "--endpoints",
+            endpoints,
+            "--dial-timeout",
+            "2s",
+            "--command-timeout",
+            "4s",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
+    let stack = Stack::start(Options::default()).await;
+    let (founded, nodes) = found_and_fetch(&stack).await;
+    let first = &nodes[0];
+
+    // The files are kubeadm's, keys and kubeconfigs private.
+    let mode = |file: PathBuf| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(file).unwrap().permissions().mode() & 0o777
+    };
+    for node in &nodes {
+        for private in [
+            "pki/ca.key",
+            "pki/etcd/server.key",
+            "pki/sa.key",
+            "kubelet.conf",
+        ] {
+            assert_eq!(
+                mode(path(node, &format!("/etc/kubernetes/{private}"))),
+                0o600,
+                "{private} of {}",
+                node.name
+            );
+        }
+        assert_eq!(mode(path(node, "/etc/kubernetes/pki/ca.crt")), 0o644);
+    }
+
+    // Three etcd members, each from its own bundle and manifest, on its own address.
+    let mut members = Vec::new();
+    for node in &nodes {
+        let log = std::fs::File::create(node.root.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(etcd_args(node))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        members.push(Guard(child));
+    }
+    for node in &nodes {
+        wait_for_port(node.ipv4, 2379);
+    }
+    let endpoints = nodes
+        .iter()
+        .map(|n| format!("https://{}:2379", n.ipv4))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pki = |file: &str| path(first, &format!("/etc/kubernetes/pki/{file}"));
+    let (ca, client_cert, client_key) = (
+        pki("etcd/ca.crt"),
+        pki("apiserver-etcd-client.crt"),
+        pki("apiserver-etcd-client.key"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let output = etcdctl(
+            &endpoints,
+            &ca,
+            &client_cert,
+            &client_key,
+            &["endpoint", "health"],
+        );
+        if output.status.success() || Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let logs: String = nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(n.root.join("etcd.log")).unwrap_or_default())
+        .map(|log| log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(
+        health.status.success(),
+        "etcd is not healthy:\n{}\n{logs}",
+        text(&health)
+    );
+    let healthy = text(&health);
+    for node in &nodes {
+        assert!(
+            healthy.contains(&format!("https://{}:2379 is healthy", node.ipv4)),
+            "{healthy}"
+        );
+    }
+    let put = etcdctl(
+        &endpoints,
+        &ca,
+        &client_cert,
+        &client_key,
+        &["put", "/plinth/booted", "yes"],
+    );
+    assert!(put.status.success(), "{}", text(&put));
+    let get = etcdctl(
+        &endpoints,
+        &ca,
+        &client_cert,
+        &client_key,
+        &["get", "/plinth/booted", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        "yes",
+        "{}",
+        text(&get)
+    );
+
+    // The admin's client certificate (root CA, not etcd-ca) is refused by etcd.
+    let kubeconfig: Value =
+        yaml_serde::from_str(founded["admin_kubeconfig"].as_str().unwrap()).unwrap();
+    let decode = |field: &str| {
+        String::from_utf8(
+            STANDARD
+                .decode(kubeconfig["users"][0]["user"][field].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let admin_cert = stack.scratch("admin.crt", &decode("client-certificate-data"));
+    let admin_key = stack.scratch("admin.key", &decode("client-key-data"));
+    let refused = etcdctl(
+        &endpoints,
+        &ca,
+        &admin_cert,
+        &admin_key,
+        &["get", "/plinth/booted"],
+    );
+    assert!(
+        !refused.status.success(),
+        "etcd let the admin in: {}",
+        text(&refused)
+    );
+    drop(members);
+
+    // kubectl, with the founding's admin kubeconfig, and node 1's apiserver cert behind
+    // openssl s_server: the shared name verifies, the client cert is accepted.
+    let port = plinth_testkit::pdns::free_port();
+    std::fs::write(
+        first.root.join("version"),
+        r#"{"major":"1","minor":"32","gitVersion":"v1.32.0-boot"}"#,
+    )
+    .unwrap();
+    let server = Guard(
+        Command::new("openssl")
+            .current_dir(&first.root)
+            .args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &format!("{}:{port}", first.ipv4),
+                "-WWW",
+                "-Verify",
+                "1",
+                "-verify_return_error",
+            ])
+            .arg("-cert")
+            .arg(pki("apiserver.crt"))
+            .arg("-key")
+            .arg(pki("apiserver.key"))
+            .arg("-CAfile")
+            .arg(pki("ca.crt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(first.ipv4, port);
+    let admin_conf = stack.scratch("admin.conf", founded["admin_kubeconfig"].as_str().unwrap());
+    let output = Command::new("timeout")
+        .args(["20", "kubectl", "--kubeconfig"])
+        .arg(&admin_conf)
+        .arg("--cache-dir")
+        .arg(first.root.join("kube-cache"))
+        .args([
+            "--server",
+            &format!("https://{}:{port}", first.ipv4),
+            "--tls-server-name",
+            founded["control_plane_dns_name"].as_str().unwrap(),
+            "get",
+            "--raw",
+            "/version",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "kubectl failed: {}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("v1.32.0-boot"));
+    drop(server);
+
+    // Every kubeconfig of a bundle is one kubectl reads, pointing at the first node.
+    for node in &nodes {
+        for conf in ["controller-manager.conf", "scheduler.conf", "kubelet.conf"] {
+            let output = Command::new("kubectl")
+                .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+                .arg(path(node, &format!("/etc/kubernetes/{conf}")))
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{conf}: {}", text(&output));
+            let config: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(
+                config["clusters"][0]["cluster"]["server"],
+                format!("https://{}:6443", first.ipv4),
+                "{conf}"
+            );
+        }
+        // Every manifest is a Pod: it round-trips through the upstream Pod type unchanged (an
+        // unknown or misspelt field would be dropped on the way).
+        for name in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            let original = manifest(node, name);
+            let as_json: Value = serde_json::to_value(&original).unwrap();
+            let pod: k8s_openapi::api::core::v1::Pod =
+                serde_json::from_value(as_json.clone()).unwrap();
+            assert_eq!(
+                serde_json::to_value(&pod).unwrap(),
+                as_json,
+                "{name} of {}",
+                node.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_go_only_to_the_holder_of_the_nodes_token() {
+    let stack = Stack::start(Options::default()).await;
+    let (founded, nodes) = found_and_fetch(&stack).await;
+    let path = |node: &Node| {
+        node.url
+            .split_once("127.0.0.1")
+            .unwrap()
+            .1
+            .split_once('/')
+            .map(|(_, p)| format!("/{p}"))
+            .unwrap()
+    };
+    let fetch = |url_path: String, token: Option<String>, accept: Option<&'static str>| {
+        let stack = &stack;
+        async move {
+            let mut request = stack.client.get(format!("{}{url_path}", stack.base));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            (status, headers, response.bytes().await.unwrap())
+        }
+    };
+
+    // The node's own token: the bundle, as a checksummed gzip tar or as JSON.
+    let (status, headers, body) = fetch(path(&nodes[1]), Some(nodes[1].token.clone()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/gzip");
+    use sha2::Digest as _;
+    let sum: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(headers["x-bundle-sha256"].to_str().unwrap(), sum);
+    let (status, _, body) = fetch(
+        path(&nodes[1]),
+        Some(nodes[1].token.clone()),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["node_name"], nodes[1].name.as_str());
+    let key = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/kubernetes/pki/apiserver.key")
+        .unwrap();
+    assert_eq!(key["mode"], "0600");
+    assert_eq!(
+        key["content"].as_str().unwrap(),
+        std::fs::read_to_string(nodes[1].root.join("etc/kubernetes/pki/apiserver.key")).unwrap()
+    );
+
+    // Everything else: the same 401, saying nothing about which part was wrong.
+    let other_cluster = path(&nodes[0]).replace(
+        founded["cluster_id"].as_str().unwrap(),
+        "00000000-0000-0000-0000-000000000000",
+    );
+    let mut refusals = Vec::new();
+    for (label, url_path, token) in [
+        ("wrong token", path(&nodes[0]), Some("x".repeat(43))),
+        ("no token", path(&nodes[0]), None),
+        (
+            "another node's token",
+            path(&nodes[0]),
+            Some(nodes[1].token.clone()),
+        ),
+        (
+            "another cluster's node name",
+            other_cluster,
+            Some(nodes[0].token.clone()),
+        ),
+        (
+            "a node the cluster does not have",
+            path(&nodes[0]).replace("cp-1.", "cp-7."),
+            Some(nodes[0].token.clone()),
+        ),
+    ] {
+        let (status, headers, body) = fetch(url_path, token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}");
+        assert!(
+            headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{label}"
+        );
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        refusals.push(problem["detail"].clone());
+    }
+    refusals.dedup();
+    assert_eq!(refusals, [json!("invalid bootstrap token")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_bootstrap_token_is_refused() {
+    let stack = Stack::start(Options {
+        token_ttl_secs: 2,
+        ..Options::default()
+    })
+    .await;
+    let (status, _, founded) = stack
+        .post_cluster(&stack.token("org-a"), json!({"control_plane_count": 1}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let vm: Value = stack
+        .client
+        .get(format!(
+            "{}/v1/vms/{}",
+            stack.sim.base_url(),
+            founded["vm_ids"][0].as_str().unwrap()
+        ))
+        .bearer_auth(COMPUTE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shim = vm["user_data"].as_str().unwrap();
+    let (url, token) = (
+        line_value(shim, "PLINTH_BOOTSTRAP_URL"),
+        line_value(shim, "PLINTH_BOOTSTRAP_TOKEN"),
+    );
+    let fetch = || stack.client.get(&url).bearer_auth(&token).send();
+    assert_eq!(
+        fetch().await.unwrap().status(),
+        StatusCode::OK,
+        "fresh, it works"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        fetch().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "expired, it does not"
+    );
+}
