@@ -259,7 +259,7 @@ pub fn load(dir: &Path, environment: Option<&str>) -> Result<Config, ConfigError
         .build()
         .and_then(config::Config::try_deserialize)
         .map_err(|e| bad("(file or environment)", e))?;
-    check(raw, dir)
+    check(raw)
 }
 
 fn secret_from(
@@ -289,7 +289,7 @@ fn parse<T>(key: &str, result: Result<T, InvalidValue>) -> Result<T, ConfigError
     result.map_err(|InvalidValue(reason)| bad(key, reason))
 }
 
-fn check(raw: Raw, _dir: &Path) -> Result<Config, ConfigError> {
+fn check(raw: Raw) -> Result<Config, ConfigError> {
     let listen: SocketAddr = raw.server.listen.parse().map_err(|e| {
         bad(
             "server.listen",

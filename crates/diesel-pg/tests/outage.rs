@@ -125,29 +125,36 @@ async fn unavailable<T>(what: &str, call: impl std::future::Future<Output = Resu
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers() {
+/// A private server with an empty database `name`, and a repository on it whose connect and
+/// acquire bounds are `connect_secs` and whose statement bound is `statement_secs`.
+async fn repo_on_private_postgres(
+    name: &str,
+    connect_secs: u64,
+    statement_secs: u64,
+) -> (PrivatePostgres, String, PgRepo) {
     let (postgres, admin_url) = PrivatePostgres::start();
     let mut admin = AsyncPgConnection::establish(&admin_url).await.unwrap();
-    sql_query("CREATE DATABASE outage")
+    sql_query(format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
         .unwrap();
     drop(admin);
-    let url = url_for_database(&admin_url, "outage");
-
+    let url = url_for_database(&admin_url, name);
     let settings = PgSettings {
-        connect_timeout: Duration::from_secs(2),
-        acquire_timeout: Duration::from_secs(2),
-        statement_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(connect_secs),
+        acquire_timeout: Duration::from_secs(connect_secs),
+        statement_timeout: Duration::from_secs(statement_secs),
         ..PgSettings::new(SecretText::new(&url))
     };
     let key = SecretText::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let repo = PgRepo::new(
-        &settings,
-        Envelope::new("k1", [("k1".to_owned(), key)]).unwrap(),
-    )
-    .unwrap();
+    let envelope = Envelope::new("k1", [("k1".to_owned(), key)]).unwrap();
+    let repo = PgRepo::new(&settings, envelope).unwrap();
+    (postgres, url, repo)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers() {
+    let (postgres, url, repo) = repo_on_private_postgres("outage", 2, 3).await;
     // From an empty database, migrating applies everything once, then nothing.
     let migrations =
         std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations"))
@@ -235,26 +242,7 @@ fn signal(pids: &[String], signal: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_postgres_yields_unavailable_within_the_configured_bounds() {
-    let (postgres, admin_url) = PrivatePostgres::start();
-    let mut admin = AsyncPgConnection::establish(&admin_url).await.unwrap();
-    sql_query("CREATE DATABASE hung")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    drop(admin);
-    let url = url_for_database(&admin_url, "hung");
-    let settings = PgSettings {
-        connect_timeout: Duration::from_secs(1),
-        acquire_timeout: Duration::from_secs(1),
-        statement_timeout: Duration::from_secs(2),
-        ..PgSettings::new(SecretText::new(&url))
-    };
-    let key = SecretText::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let repo = PgRepo::new(
-        &settings,
-        Envelope::new("k1", [("k1".to_owned(), key)]).unwrap(),
-    )
-    .unwrap();
+    let (postgres, url, repo) = repo_on_private_postgres("hung", 1, 2).await;
     migrate_everything(&url).await;
     let record = record();
     let mut tx = repo.begin().await.unwrap();
