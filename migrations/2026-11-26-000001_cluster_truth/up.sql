@@ -1,6 +1,7 @@
--- plinth's durable cluster truth (DESIGN.md §1, §7). Private keys are stored only as envelopes
--- ("v1:<key-id>:<base64url(nonce || ciphertext || tag)>", AES-256-GCM, see crates/diesel-pg);
--- the CHECKs refuse anything else, so plaintext keys cannot land here by mistake.
+-- plinth's durable cluster truth (docs/ARCHITECTURE.md §1, §7). Private keys are stored only
+-- as envelopes ("v1:<key-id>:<base64url(nonce || ciphertext || tag)>", AES-256-GCM, see
+-- crates/diesel-pg); the CHECKs refuse anything else, so plaintext keys cannot land here by
+-- mistake.
 
 CREATE TABLE kubeclusters (
     id                           uuid        PRIMARY KEY,

@@ -1,6 +1,6 @@
--- The compute service's VM records (DESIGN.md §5). The compute service owns this table; plinth
--- only reads it, at step 6 of a founding, to learn each VM's name and addresses. A row is
--- committed, with its addresses, before `POST /v1/vms` answers.
+-- The compute service's VM records (docs/ARCHITECTURE.md §4). The compute service owns this
+-- table; plinth only reads it, at step 6 of a founding, to learn each VM's name and addresses.
+-- A row is committed, with its addresses, before `POST /v1/vms` answers.
 
 CREATE TABLE vms (
     id                 text        PRIMARY KEY,

@@ -1,4 +1,5 @@
--- The compute service's subnets, security groups and idempotency records (DESIGN.md §5).
+-- The compute service's subnets, security groups and idempotency records
+-- (docs/ARCHITECTURE.md §4).
 
 CREATE TABLE subnets (
     id           text        PRIMARY KEY,
