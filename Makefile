@@ -3,7 +3,11 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: help test lint fmt run bench clean
+.PHONY: help test lint fmt run token bench clean
+
+# `make token ORG=...`: which organization, and the local stack's directory (as `make run`'s).
+ORG ?= dev-org
+PLINTH_DEV_DIR ?= .dev
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -26,8 +30,12 @@ fmt: ## format the code
 run: ## the whole local stack on loopback, ready to curl (Ctrl-C stops it)
 	scripts/run-stack.sh
 
+token: ## a token for organization ORG on the `make run` stack: make token ORG=org-b
+	@PLINTH_ENV=dev PLINTH__AUTH__DEV_SIGNING_KEY_FILE=$(PLINTH_DEV_DIR)/jwt-signing.pem \
+		$(CARGO) run -q --bin plinth -- dev-token --org $(ORG)
+
 bench: ## benchmarks that print their numbers (see docs/BENCHMARKS.md)
-	scripts/with-test-services.sh $(CARGO) bench --workspace
+	scripts/with-test-services.sh $(CARGO) bench --workspace --all-features
 
 clean: ## build output and the local stack's state
 	$(CARGO) clean

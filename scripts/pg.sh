@@ -10,10 +10,14 @@
 #   scripts/pg.sh createdb NAME   create database NAME owned by `plinth` unless it exists
 #
 # Settings (environment): PLINTH_PG_DIR (default <repo>/.dev/pg), PLINTH_PG_PORT (default 55432).
+#
+# The server runs as `postgres`, which must be able to reach its data directory. A checkout in a
+# directory only root can enter (a `mktemp -d`, /root/…) cannot hold it there; then the data lives
+# in /var/tmp/plinth-pg-<hash of PLINTH_PG_DIR> instead, and PLINTH_PG_DIR/data links to it.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=${PLINTH_PG_DIR:-$root/.dev/pg}
+requested=${PLINTH_PG_DIR:-$root/.dev/pg}
 port=${PLINTH_PG_PORT:-55432}
 bin=${PLINTH_PG_BIN:-/usr/lib/postgresql/15/bin}
 role=plinth
@@ -29,6 +33,47 @@ as_postgres() {
   fi
 }
 
+# Whether the postgres user can create and use files in directory $1.
+postgres_can_use() {
+  [ "$(id -u)" != 0 ] || runuser -u postgres -- test -w "$1" -a -x "$1" 2>/dev/null
+}
+
+# Where the server's files are: PLINTH_PG_DIR itself, or the fallback it links to.
+resolve_dir() {
+  local fallback
+  fallback=/var/tmp/plinth-pg-$(printf '%s' "$requested" | sha256sum | cut -c1-12)
+  if [ -d "$fallback" ] && [ -L "$requested/data" ]; then
+    dir=$fallback
+    return
+  fi
+  mkdir -p "$requested"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$requested"
+  fi
+  if postgres_can_use "$requested"; then
+    dir=$requested
+    return
+  fi
+  mkdir -p "$fallback"
+  chown postgres:postgres "$fallback"
+  chmod 0700 "$fallback"
+  if ! postgres_can_use "$fallback"; then
+    echo "pg.sh: the postgres user can reach neither $requested nor $fallback." >&2
+    echo "pg.sh: set PLINTH_PG_DIR to a directory every parent of which others may enter" >&2
+    echo "pg.sh: (chmod o+x), e.g. PLINTH_PG_DIR=/var/tmp/plinth-pg." >&2
+    exit 1
+  fi
+  ln -sfn "$fallback/data" "$requested/data"
+  echo "pg.sh: the postgres user cannot reach $requested; the data lives in $fallback" >&2
+  dir=$fallback
+}
+
+if [ -d "$requested" ] || [ "${1:-}" = start ]; then
+  resolve_dir
+else
+  dir=$requested
+fi
+
 running() {
   [ -f "$dir/data/postmaster.pid" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
 }
@@ -37,8 +82,6 @@ case "${1:-}" in
   start)
     [ -x "$bin/postgres" ] || { echo "pg.sh: PostgreSQL 15 is not installed under $bin" >&2; exit 1; }
     if ! running; then
-      mkdir -p "$dir"
-      [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
       if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust \
           --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \

@@ -104,10 +104,10 @@ export PLINTH__AUTH__DEV_SIGNING_KEY_FILE="$dev/jwt-signing.pem"
 export PLINTH__COMPUTE__BASE_URL="http://127.0.0.1:$compute_port"
 export PLINTH__COMPUTE__TOKEN="$compute_token"
 export PLINTH__DNS__MODE="$dns_mode"
-export PLINTH__DNS__API_URL="http://127.0.0.1:$PLINTH_PDNS_API_PORT"
-export PLINTH__DNS__API_KEY="$PLINTH_PDNS_API_KEY"
-export PLINTH__DNS__ENSURE_ZONE=true
-export PLINTH__DNS__NAMESERVERS="ns1.$zone"
+export PLINTH__DNS__POWERDNS__API_URL="http://127.0.0.1:$PLINTH_PDNS_API_PORT"
+export PLINTH__DNS__POWERDNS__API_KEY="$PLINTH_PDNS_API_KEY"
+export PLINTH__DNS__POWERDNS__ENSURE_ZONE=true
+export PLINTH__DNS__POWERDNS__NAMESERVERS="ns1.$zone"
 export PLINTH__FOUNDING__DNS_ZONE="$zone"
 export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="http://127.0.0.1:$plinth_port"
 target/debug/plinth serve >"$dev/plinth.log" 2>&1 &
@@ -136,6 +136,7 @@ Found a 3-node cluster for organization $org:
 
 curl -sS -X POST http://127.0.0.1:$plinth_port/clusters -H "Authorization: Bearer \$(cat $dev/token)" -H 'Content-Type: application/json' -d '{"name":"demo","control_plane_count":3}'
 
+A token for another organization: make token ORG=org-b
 Ctrl-C stops the stack.
 TXT
 
