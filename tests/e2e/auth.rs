@@ -1,16 +1,12 @@
 //! Authentication end to end: which tokens plinth accepts (ES256 from a PEM key, RS256 from a
 //! JWKS) and every kind it refuses, each with 401 and `WWW-Authenticate: Bearer`.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::{Claims, Options, Stack, now};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Claims, Options, Stack, now};
 
 /// A token with `alg: none` and no signature.
 fn unsigned(claims: &Claims) -> String {

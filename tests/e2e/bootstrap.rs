@@ -5,30 +5,17 @@
 //! refused with the admin's); and complete a TLS handshake between kubectl (admin kubeconfig)
 //! and node 1's apiserver certificate. Bundles go only to the holder of the node's token.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{COMPUTE_TOKEN, Options, Stack, kubectl_config};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use plinth_testkit::{Process, free_port, output_text, run, wait_for_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{COMPUTE_TOKEN, Options, Stack};
-
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Node {
     name: String,
@@ -38,20 +25,26 @@ struct Node {
     token: String,
 }
 
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "status {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn line_value(shim: &str, key: &str) -> String {
     shim.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("no {key} in the shim"))
         .to_owned()
+}
+
+/// The userdata of VM `vm_id`, as the compute service holds it.
+async fn user_data(stack: &Stack, vm_id: &str) -> String {
+    let vm: Value = stack
+        .client
+        .get(format!("{}/v1/vms/{vm_id}", stack.sim.base_url()))
+        .bearer_auth(COMPUTE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    vm["user_data"].as_str().unwrap().to_owned()
 }
 
 /// Founds a 3-node cluster and runs each VM's userdata shim into a directory of its own.
@@ -65,28 +58,14 @@ async fn found_and_fetch(stack: &Stack) -> (Value, Vec<Node>) {
     assert_eq!(status, StatusCode::CREATED, "{founded}");
     let mut nodes = Vec::new();
     for (n, node) in founded["nodes"].as_array().unwrap().iter().enumerate() {
-        let vm: Value = stack
-            .client
-            .get(format!(
-                "{}/v1/vms/{}",
-                stack.sim.base_url(),
-                node["vm_id"].as_str().unwrap()
-            ))
-            .bearer_auth(COMPUTE_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let shim = vm["user_data"].as_str().unwrap();
+        let shim = user_data(stack, node["vm_id"].as_str().unwrap()).await;
         assert!(!shim.contains("BEGIN"), "the shim carries no key material");
         let root = stack
             .scratch(&format!("node-{}/.keep", n + 1), "")
             .parent()
             .unwrap()
             .to_path_buf();
-        let shim_file = stack.scratch(&format!("shim-{}.sh", n + 1), shim);
+        let shim_file = stack.scratch(&format!("shim-{}.sh", n + 1), &shim);
         let output = Command::new("sh")
             .arg(&shim_file)
             .env("PLINTH_BOOTSTRAP_ROOT", &root)
@@ -96,13 +75,13 @@ async fn found_and_fetch(stack: &Stack) -> (Value, Vec<Node>) {
         assert!(
             output.status.success(),
             "the shim failed: {}",
-            text(&output)
+            output_text(&output)
         );
         nodes.push(Node {
             name: node["name"].as_str().unwrap().to_owned(),
             ipv4: node["ipv4"].as_str().unwrap().parse().unwrap(),
-            url: line_value(shim, "PLINTH_BOOTSTRAP_URL"),
-            token: line_value(shim, "PLINTH_BOOTSTRAP_TOKEN"),
+            url: line_value(&shim, "PLINTH_BOOTSTRAP_URL"),
+            token: line_value(&shim, "PLINTH_BOOTSTRAP_TOKEN"),
             root,
         });
     }
@@ -158,22 +137,6 @@ fn etcd_args(node: &Node) -> Vec<String> {
         .collect()
 }
 
-fn wait_for_port(ip: Ipv4Addr, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(
-            &(IpAddr::V4(ip), port).into(),
-            Duration::from_millis(200),
-        )
-        .is_ok()
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {ip}:{port}");
-}
-
 fn etcdctl(
     endpoints: &str,
     ca: &Path,
@@ -181,26 +144,22 @@ fn etcdctl(
     key: &Path,
     args: &[&str],
 ) -> std::process::Output {
-    Command::new("timeout")
-        .args([
-            "15",
-            "etcdctl",
-            "--endpoints",
-            endpoints,
-            "--dial-timeout",
-            "2s",
-            "--command-timeout",
-            "4s",
-        ])
-        .arg("--cacert")
-        .arg(ca)
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
-        .args(args)
-        .output()
-        .unwrap()
+    let mut all = vec![
+        "--endpoints",
+        endpoints,
+        "--dial-timeout",
+        "2s",
+        "--command-timeout",
+        "4s",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run("etcdctl", &all, Duration::from_secs(15))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,18 +193,15 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
     // Three etcd members, each from its own bundle and manifest, on its own address.
     let mut members = Vec::new();
     for node in &nodes {
-        let log = std::fs::File::create(node.root.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(etcd_args(node))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        members.push(Guard(child));
+        members.push(Process::spawn(
+            &node.name,
+            "etcd",
+            &etcd_args(node),
+            &node.root.join("etcd.log"),
+        ));
     }
     for node in &nodes {
-        wait_for_port(node.ipv4, 2379);
+        wait_for_port(IpAddr::V4(node.ipv4), 2379, Duration::from_secs(15));
     }
     let endpoints = nodes
         .iter()
@@ -281,9 +237,9 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
     assert!(
         health.status.success(),
         "etcd is not healthy:\n{}\n{logs}",
-        text(&health)
+        output_text(&health)
     );
-    let healthy = text(&health);
+    let healthy = output_text(&health);
     for node in &nodes {
         assert!(
             healthy.contains(&format!("https://{}:2379 is healthy", node.ipv4)),
@@ -297,7 +253,7 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
         &client_key,
         &["put", "/plinth/booted", "yes"],
     );
-    assert!(put.status.success(), "{}", text(&put));
+    assert!(put.status.success(), "{}", output_text(&put));
     let get = etcdctl(
         &endpoints,
         &ca,
@@ -309,7 +265,7 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
         String::from_utf8_lossy(&get.stdout).trim(),
         "yes",
         "{}",
-        text(&get)
+        output_text(&get)
     );
 
     // The admin's client certificate (root CA, not etcd-ca) is refused by etcd.
@@ -335,74 +291,77 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
     assert!(
         !refused.status.success(),
         "etcd let the admin in: {}",
-        text(&refused)
+        output_text(&refused)
     );
     drop(members);
 
     // kubectl, with the founding's admin kubeconfig, and node 1's apiserver cert behind
     // openssl s_server: the shared name verifies, the client cert is accepted.
-    let port = plinth_testkit::pdns::free_port();
+    let port = free_port();
     std::fs::write(
         first.root.join("version"),
         r#"{"major":"1","minor":"32","gitVersion":"v1.32.0-boot"}"#,
     )
     .unwrap();
-    let server = Guard(
-        Command::new("openssl")
-            .current_dir(&first.root)
-            .args([
-                "s_server",
-                "-quiet",
-                "-accept",
-                &format!("{}:{port}", first.ipv4),
-                "-WWW",
-                "-Verify",
-                "1",
-                "-verify_return_error",
-            ])
-            .arg("-cert")
-            .arg(pki("apiserver.crt"))
-            .arg("-key")
-            .arg(pki("apiserver.key"))
-            .arg("-CAfile")
-            .arg(pki("ca.crt"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let accept = format!("{}:{port}", first.ipv4);
+    let (cert, key, ca) = (pki("apiserver.crt"), pki("apiserver.key"), pki("ca.crt"));
+    let server = Process::spawn_in(
+        &first.root,
+        "apiserver",
+        "openssl",
+        &[
+            "s_server",
+            "-quiet",
+            "-accept",
+            &accept,
+            "-WWW",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+            "-CAfile",
+            ca.to_str().unwrap(),
+        ],
+        &first.root.join("s_server.log"),
     );
-    wait_for_port(first.ipv4, port);
+    wait_for_port(IpAddr::V4(first.ipv4), port, Duration::from_secs(15));
     let admin_conf = stack.scratch("admin.conf", founded["admin_kubeconfig"].as_str().unwrap());
-    let output = Command::new("timeout")
-        .args(["20", "kubectl", "--kubeconfig"])
-        .arg(&admin_conf)
-        .arg("--cache-dir")
-        .arg(first.root.join("kube-cache"))
-        .args([
+    let (server_url, cache) = (
+        format!("https://{}:{port}", first.ipv4),
+        first.root.join("kube-cache"),
+    );
+    let output = run(
+        "kubectl",
+        &[
+            "--kubeconfig",
+            admin_conf.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
             "--server",
-            &format!("https://{}:{port}", first.ipv4),
+            &server_url,
             "--tls-server-name",
             founded["control_plane_dns_name"].as_str().unwrap(),
             "get",
             "--raw",
             "/version",
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "kubectl failed: {}", text(&output));
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        output.status.success(),
+        "kubectl failed: {}",
+        output_text(&output)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("v1.32.0-boot"));
     drop(server);
 
     // Every kubeconfig of a bundle is one kubectl reads, pointing at the first node.
     for node in &nodes {
         for conf in ["controller-manager.conf", "scheduler.conf", "kubelet.conf"] {
-            let output = Command::new("kubectl")
-                .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
-                .arg(path(node, &format!("/etc/kubernetes/{conf}")))
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{conf}: {}", text(&output));
-            let config: Value = serde_json::from_slice(&output.stdout).unwrap();
+            let config = kubectl_config(&path(node, &format!("/etc/kubernetes/{conf}")));
             assert_eq!(
                 config["clusters"][0]["cluster"]["server"],
                 format!("https://{}:6443", first.ipv4),
@@ -544,24 +503,10 @@ async fn an_expired_bootstrap_token_is_refused() {
         .post_cluster(&stack.token("org-a"), json!({"control_plane_count": 1}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let vm: Value = stack
-        .client
-        .get(format!(
-            "{}/v1/vms/{}",
-            stack.sim.base_url(),
-            founded["vm_ids"][0].as_str().unwrap()
-        ))
-        .bearer_auth(COMPUTE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let shim = vm["user_data"].as_str().unwrap();
+    let shim = user_data(&stack, founded["vm_ids"][0].as_str().unwrap()).await;
     let (url, token) = (
-        line_value(shim, "PLINTH_BOOTSTRAP_URL"),
-        line_value(shim, "PLINTH_BOOTSTRAP_TOKEN"),
+        line_value(&shim, "PLINTH_BOOTSTRAP_URL"),
+        line_value(&shim, "PLINTH_BOOTSTRAP_TOKEN"),
     );
     let fetch = || stack.client.get(&url).bearer_auth(&token).send();
     assert_eq!(

@@ -1,17 +1,31 @@
 //! `POST /clusters` and the reads, end to end: real HTTP to plinth, real PostgreSQL, the real
 //! compute service, a real PowerDNS, and kubectl reading the kubeconfig.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{Dns, Options, Stack, kubectl_config};
 use plinth_compute_sim::faults::Operation;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Dns, Options, Stack};
+
+/// Whether the Prometheus text `metrics` has a sample of `name` with exactly `labels` (in any
+/// order: the format does not fix one).
+fn has_sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    wanted.sort();
+    metrics.lines().any(|line| {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            return false;
+        };
+        let Some((inside, _value)) = rest.split_once("} ") else {
+            return false;
+        };
+        let mut have: Vec<String> = inside.split(',').map(str::to_owned).collect();
+        have.sort();
+        have == wanted
+    })
+}
 
 fn strings(value: &Value) -> Vec<String> {
     value
@@ -38,7 +52,7 @@ async fn founding_1_3_and_5_nodes_answers_every_field_stores_the_rows_and_publis
         assert_eq!(headers["location"], format!("/clusters/{id}"));
         assert_eq!(body["name"], format!("c{count}"));
         assert_eq!(body["vm_ids"].as_array().unwrap().len() as u64, count);
-        let shared = format!("api.cluster-{id}.{}", support::ZONE);
+        let shared = format!("api.cluster-{id}.{}", crate::support::ZONE);
         assert_eq!(body["control_plane_dns_name"], shared.as_str());
         assert_eq!(
             body["networking"],
@@ -60,7 +74,7 @@ async fn founding_1_3_and_5_nodes_answers_every_field_stores_the_rows_and_publis
         );
         assert_eq!(
             body["ingress_wildcard_dns_name"],
-            format!("*.apps.cluster-{id}.{}", support::ZONE)
+            format!("*.apps.cluster-{id}.{}", crate::support::ZONE)
         );
         assert_eq!(body["suggested_dns_records"][0]["name"], shared.as_str());
         assert_eq!(body["suggested_dns_records"][0]["type"], "A");
@@ -78,17 +92,7 @@ async fn founding_1_3_and_5_nodes_answers_every_field_stores_the_rows_and_publis
             &format!("kubeconfig-{count}"),
             body["admin_kubeconfig"].as_str().unwrap(),
         );
-        let output = std::process::Command::new("kubectl")
-            .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let config: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let config = kubectl_config(&file);
         assert_eq!(
             config["clusters"][0]["cluster"]["server"],
             format!("https://{shared}:6443")
@@ -416,26 +420,47 @@ async fn requests_get_ids_metrics_count_them_and_the_openapi_document_describes_
     let (status, _, _) = stack.get("/nowhere", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let metrics = stack
+    let answer = stack
         .client
         .get(format!("{}/metrics", stack.base))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    for expected in [
-        "plinth_http_requests_total{route=\"/clusters\",method=\"POST\",status=\"201\"}",
-        "plinth_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}",
-        "plinth_http_request_duration_seconds_bucket{route=\"/clusters\",method=\"POST\",le=\"+Inf\"}",
-        "plinth_founding_step_duration_seconds_count{step=\"create_vms\"}",
-        "plinth_founding_step_duration_seconds_count{step=\"create_trust_root\"}",
-        "plinth_foundings_total{outcome=\"created\"}",
+    assert_eq!(
+        answer.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let metrics = answer.text().await.unwrap();
+    for (name, labels) in [
+        (
+            "plinth_http_requests_total",
+            &[
+                ("route", "/clusters"),
+                ("method", "POST"),
+                ("status", "201"),
+            ][..],
+        ),
+        (
+            "plinth_http_requests_total",
+            &[("route", "/healthz"), ("method", "GET"), ("status", "200")],
+        ),
+        (
+            "plinth_http_request_duration_seconds_bucket",
+            &[("route", "/clusters"), ("method", "POST"), ("le", "+Inf")],
+        ),
+        (
+            "plinth_founding_step_duration_seconds_count",
+            &[("step", "create_vms")],
+        ),
+        (
+            "plinth_founding_step_duration_seconds_count",
+            &[("step", "create_trust_root")],
+        ),
+        ("plinth_foundings_total", &[("outcome", "created")]),
     ] {
         assert!(
-            metrics.contains(expected),
-            "{expected} missing from:\n{metrics}"
+            has_sample(&metrics, name, labels),
+            "{name}{labels:?} missing from:\n{metrics}"
         );
     }
 

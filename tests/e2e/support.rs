@@ -1,8 +1,6 @@
 //! The whole service for one test: a database, the compute service, optionally PowerDNS, and
 //! plinth itself (configured through its real configuration loader), plus tokens and a client.
 
-#![allow(dead_code, clippy::unwrap_used)] // each test binary uses its own part
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,18 +10,19 @@ use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey as _;
-use plinth_api::app::Running;
+use plinth_api::wiring::Running;
 use plinth_compute_sim::faults::Operation;
 use plinth_compute_sim::{RunningSim, SimSettings};
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_testkit::pdns::PowerDnsServer;
+use plinth_testkit::{output_text, run};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 pub const ISSUER: &str = "https://auth.plinth.test";
 pub const AUDIENCE: &str = "plinth";
-pub const ZONE: &str = "k8s.plinth.test";
+pub use plinth_testkit::ZONE;
 pub const COMPUTE_TOKEN: &str = "e2e-compute-token";
 
 /// What DNS the stack has.
@@ -176,7 +175,7 @@ impl Stack {
         let es_public = write(&dir, "es256.pub.pem", &keys.es256_public_pem);
         let jwks = write(&dir, "jwks.json", &keys.jwks().to_string());
         // A known port, so the VMs' userdata points at this plinth.
-        let port = plinth_testkit::pdns::free_port();
+        let port = plinth_testkit::free_port();
         let e2e = format!(
             r#"
 [server]
@@ -207,6 +206,8 @@ request_timeout_ms = 5000
 
 [dns]
 mode = "powerdns"
+
+[dns.powerdns]
 api_url = "{pdns}"
 api_key = "{pdns_key}"
 ensure_zone = true
@@ -231,13 +232,13 @@ bootstrap_token_ttl_secs = {ttl}
             pdns_key = pdns.api_key,
         );
         write(&dir, "e2e.toml", &e2e);
-        let config = plinth_api::settings::load(&dir, Some("e2e")).unwrap();
+        let config = plinth_api::wiring::settings::load(&dir, Some("e2e")).unwrap();
         if options.dns == Dns::Stopped {
             // The zone is made first, so what fails later is the server being down.
-            plinth_api::app::build(&config).await.unwrap();
+            plinth_api::wiring::build(&config).await.unwrap();
             pdns.script("stop");
         }
-        let plinth = plinth_api::app::start(config).await.unwrap();
+        let plinth = plinth_api::wiring::start(config).await.unwrap();
         let base = plinth.base_url();
         Self {
             db,
@@ -344,10 +345,31 @@ bootstrap_token_ttl_secs = {ttl}
             plinth.stop().await;
         }
     }
+}
 
-    pub fn wait() -> Duration {
-        Duration::from_secs(30)
-    }
+/// What kubectl makes of the kubeconfig `file` (`kubectl config view --raw -o json`); reading it
+/// this way proves kubectl accepts the file.
+pub fn kubectl_config(file: &Path) -> Value {
+    let output = run(
+        "kubectl",
+        &[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "json",
+            "--kubeconfig",
+            file.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        output.status.success(),
+        "kubectl config view {}: {}",
+        file.display(),
+        output_text(&output)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 impl Drop for Stack {

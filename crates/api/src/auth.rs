@@ -9,23 +9,68 @@ use actix_web::{FromRequest, HttpRequest, web};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use plinth_domain::model::{OrgId, SecretText};
+use plinth_domain::settings::SettingsError;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
 
-/// Where the verification keys are and what tokens must say.
-#[derive(Debug, Clone)]
+/// `[auth]`: where the verification keys are and what tokens must say.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// Required `iss`.
     pub issuer: String,
     /// Required `aud`.
     pub audience: String,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most 300).
+    #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
     /// PEM public keys (SPKI "PUBLIC KEY": P-256 for ES256, RSA for RS256).
+    #[serde(default)]
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document (RFC 7517) of further keys.
+    #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// The private key `plinth dev-token` signs with: local stacks only.
+    #[serde(default)]
+    pub dev_signing_key_file: Option<PathBuf>,
+}
+
+fn default_leeway_secs() -> u64 {
+    30
+}
+
+impl AuthSettings {
+    /// Checks the values; keys are named within `[auth]`. The key files are read when the
+    /// [`Authenticator`] is built.
+    ///
+    /// # Errors
+    /// An empty issuer or audience, or a leeway over 300 seconds.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.issuer.is_empty() {
+            return Err(SettingsError::new("issuer", "must be set"));
+        }
+        if self.audience.is_empty() {
+            return Err(SettingsError::new("audience", "must be set"));
+        }
+        if self.leeway_secs > 300 {
+            return Err(SettingsError::new("leeway_secs", "must be at most 300"));
+        }
+        Ok(())
+    }
+
+    fn key_files(&self) -> impl Iterator<Item = &Path> {
+        self.public_key_files
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|f| !f.as_os_str().is_empty())
+    }
+
+    fn jwks(&self) -> Option<&Path> {
+        self.jwks_file
+            .as_deref()
+            .filter(|f| !f.as_os_str().is_empty())
+    }
 }
 
 /// Why the verification keys cannot be loaded; names the file.
@@ -78,10 +123,10 @@ impl Authenticator {
     pub fn new(settings: AuthSettings) -> Result<Self, AuthSetupError> {
         crate::jwt_crypto::install();
         let mut keys = Vec::new();
-        for file in &settings.public_key_files {
+        for file in settings.key_files() {
             keys.push(load_pem(file)?);
         }
-        if let Some(file) = &settings.jwks_file {
+        if let Some(file) = settings.jwks() {
             keys.extend(load_jwks(file)?);
         }
         if keys.is_empty() {

@@ -5,8 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use plinth_domain::FoundClusterError;
+use plinth_domain::bootstrap::FetchBundleError;
 use plinth_domain::found_cluster::{CreatedResource, FoundingFailure};
-use plinth_domain::model::ValidationErrors;
+use plinth_domain::ports::Chain;
 use plinth_domain::ports::compute::ComputeError;
 use plinth_domain::ports::repo::RepoError;
 use serde::Serialize;
@@ -19,6 +20,16 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+}
+
+impl FieldError {
+    /// `field` breaks a rule: `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// What a stopped founding did about the resources it had created.
@@ -145,24 +156,9 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<ValidationErrors> for ApiError {
-    fn from(errors: ValidationErrors) -> Self {
-        Self::invalid(
-            errors
-                .0
-                .into_iter()
-                .map(|v| FieldError {
-                    field: v.field,
-                    message: v.message,
-                })
-                .collect(),
-        )
-    }
-}
-
 /// A repository failure outside a founding: unavailable is 503, anything else 500.
 pub fn repo_error(e: &RepoError) -> ApiError {
-    tracing::error!(error = %e, "repository call failed");
+    tracing::error!(error = %Chain(e), "repository call failed");
     match e {
         RepoError::Unavailable(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -204,7 +200,7 @@ fn compute(e: &ComputeError, doing: &str) -> (StatusCode, &'static str, String) 
             "compute-conflict",
             format!("the compute service could not go on with {doing}: {m}"),
         ),
-        ComputeError::Unavailable(_) | ComputeError::Unexpected(_) => (
+        _ => (
             StatusCode::BAD_GATEWAY,
             "compute-failed",
             format!("the compute service failed while {doing}"),
@@ -212,12 +208,27 @@ fn compute(e: &ComputeError, doing: &str) -> (StatusCode, &'static str, String) 
     }
 }
 
+impl From<FetchBundleError> for ApiError {
+    fn from(e: FetchBundleError) -> Self {
+        match e {
+            // One answer for every refusal, so a caller learns nothing about what exists.
+            FetchBundleError::Unauthorized => ApiError::unauthorized("invalid bootstrap token"),
+            FetchBundleError::Unavailable(why) => repo_error(&why),
+            other => {
+                tracing::error!(error = %Chain(&other), "bootstrap bundle cannot be rendered");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the bundle cannot be rendered",
+                )
+            }
+        }
+    }
+}
+
 impl From<FoundClusterError> for ApiError {
     fn from(e: FoundClusterError) -> Self {
-        let (failure, cleanup) = match e {
-            FoundClusterError::Invalid(errors) => return errors.into(),
-            FoundClusterError::Failed { failure, cleanup } => (failure, cleanup),
-        };
+        let (failure, cleanup) = (e.failure(), e.cleanup());
         let database = |doing: &str| {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -225,7 +236,7 @@ impl From<FoundClusterError> for ApiError {
                 format!("the database failed while {doing}; nothing was founded"),
             )
         };
-        let (status, kind, detail) = match &failure {
+        let (status, kind, detail) = match failure {
             FoundingFailure::CreateCa(_)
             | FoundingFailure::CreateServiceAccountKey(_)
             | FoundingFailure::SignCertificate { .. }
@@ -293,9 +304,9 @@ impl From<FoundClusterError> for ApiError {
             ),
         };
         if status.is_server_error() {
-            tracing::error!(step = %failure.step(), error = %failure, cleanup = %cleanup, "founding failed");
+            tracing::error!(step = %failure.step(), error = %Chain(failure), cleanup = %cleanup, "founding failed");
         } else {
-            tracing::info!(step = %failure.step(), error = %failure, "founding refused");
+            tracing::info!(step = %failure.step(), error = %Chain(failure), "founding refused");
         }
         let mut error = ApiError::new(status, kind, detail);
         if !(cleanup.removed.is_empty() && cleanup.left_behind.is_empty()) {

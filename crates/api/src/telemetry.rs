@@ -1,11 +1,7 @@
-//! Observability: request ids, structured logs, and Prometheus metrics — request counts and
-//! latencies by route and status, founding step durations (from the domain's `founding_step`
-//! spans), founding outcomes.
+//! Observability: request ids, structured logs (text or JSON), the middleware that counts every
+//! request, and the tracing layer that times founding steps into [`crate::metrics`].
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::HttpMessage as _;
 use actix_web::body::MessageBody;
@@ -20,140 +16,29 @@ use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::settings::LogFormat;
+use serde::Deserialize;
 
-/// Upper bounds of the latency histograms, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
+use crate::metrics::metrics;
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// How logs are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event, with the span context.
+    Json,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(format: String) -> Result<Self, String> {
+        match format.as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("must be text or json, got {other:?}")),
         }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter()) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
-#[derive(Debug, Default)]
-struct Registry {
-    requests: BTreeMap<(String, String, u16), u64>,
-    latencies: BTreeMap<(String, String), Histogram>,
-    steps: BTreeMap<String, Histogram>,
-    outcomes: BTreeMap<String, u64>,
-}
-
-/// The process's metrics (one registry: tracing's subscriber is process-wide too).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    registry: Mutex<Registry>,
-}
-
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
-}
-
-impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Counts one answered request.
-    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        let mut r = self.lock();
-        *r.requests
-            .entry((route.to_owned(), method.to_owned(), status))
-            .or_default() += 1;
-        r.latencies
-            .entry((route.to_owned(), method.to_owned()))
-            .or_default()
-            .observe(took.as_secs_f64());
-    }
-
-    /// Records one founding step's duration.
-    pub fn step(&self, step: &str, took: Duration) {
-        self.lock()
-            .steps
-            .entry(step.to_owned())
-            .or_default()
-            .observe(took.as_secs_f64());
-    }
-
-    /// Counts one founding's outcome, e.g. `created`, `invalid`, `failed_create_vms`.
-    pub fn outcome(&self, outcome: &str) {
-        *self.lock().outcomes.entry(outcome.to_owned()).or_default() += 1;
-    }
-
-    /// Prometheus text exposition (version 0.0.4).
-    pub fn render(&self) -> String {
-        let r = self.lock();
-        let mut out = String::new();
-        out.push_str("# HELP plinth_http_requests_total HTTP requests answered, by route, method and status.\n");
-        out.push_str("# TYPE plinth_http_requests_total counter\n");
-        for ((route, method, status), count) in &r.requests {
-            let _ = writeln!(
-                out,
-                "plinth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP plinth_http_request_duration_seconds Time to answer a request, by route and method.\n");
-        out.push_str("# TYPE plinth_http_request_duration_seconds histogram\n");
-        for ((route, method), histogram) in &r.latencies {
-            histogram.render(
-                &mut out,
-                "plinth_http_request_duration_seconds",
-                &format!("route=\"{route}\",method=\"{method}\""),
-            );
-        }
-        out.push_str(
-            "# HELP plinth_founding_step_duration_seconds Time spent in each founding step.\n",
-        );
-        out.push_str("# TYPE plinth_founding_step_duration_seconds histogram\n");
-        for (step, histogram) in &r.steps {
-            histogram.render(
-                &mut out,
-                "plinth_founding_step_duration_seconds",
-                &format!("step=\"{step}\""),
-            );
-        }
-        out.push_str("# HELP plinth_foundings_total Foundings by outcome.\n");
-        out.push_str("# TYPE plinth_foundings_total counter\n");
-        for (outcome, count) in &r.outcomes {
-            let _ = writeln!(
-                out,
-                "plinth_foundings_total{{outcome=\"{outcome}\"}} {count}"
-            );
-        }
-        out
     }
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md §5: JSON, a bearer service token, RFC 9457 problem+json errors,
+//! The compute contract (docs/ARCHITECTURE.md §4) over HTTP: JSON, a bearer service token, RFC 9457 problem+json errors,
 //! OpenAPI at `GET /openapi.json`, and `/admin/faults` to change fault injection at run time.
 
 use std::collections::BTreeMap;
@@ -615,7 +615,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "plinth compute service", description = "The compute contract plinth drives (DESIGN.md §5): subnets, security groups, VMs."),
+    info(title = "plinth compute service", description = "The compute contract plinth drives (docs/ARCHITECTURE.md §4 in the plinth repository): subnets, security groups, VMs."),
     paths(get_subnet, create_security_group, add_rule, delete_security_group, create_vm, get_vm,
           delete_vm, get_faults, put_faults, delete_faults, healthz, readyz),
     components(schemas(Problem, SubnetBody, NewSecurityGroupBody, SecurityGroupBody, NewRuleBody,

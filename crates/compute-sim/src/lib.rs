@@ -1,4 +1,4 @@
-//! A local compute service honouring plinth's compute contract (DESIGN.md §5), for development,
+//! A local compute service honouring plinth's compute contract (docs/ARCHITECTURE.md §4), for development,
 //! tests and demos: subnets, security groups and VMs over JSON/HTTP, state in PostgreSQL.
 //!
 //! VM rows, with their addresses, are committed before `POST /v1/vms` answers — the `vms` table

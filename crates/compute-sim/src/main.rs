@@ -8,7 +8,7 @@ use plinth_compute_sim::{SimSettings, start};
 
 const USAGE: &str = "usage: plinth-compute-sim [--config FILE]
 
-Serves the compute contract (DESIGN.md §5) on the configured address. Settings come from FILE
+Serves the compute contract (docs/ARCHITECTURE.md §4) on the configured address. Settings come from FILE
 (default config/compute-sim.toml) and COMPUTE_SIM__<KEY> environment variables.";
 
 fn settings(file: &str) -> anyhow::Result<SimSettings> {

@@ -14,7 +14,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use plinth_domain::model::SecretText;
+use plinth_domain::model::{ClusterId, NodeOrdinal, SecretText};
+use plinth_domain::ports::pki::SharedClientCert;
 use zeroize::Zeroizing;
 
 const VERSION: &str = "v1";
@@ -30,6 +31,28 @@ pub struct Slot<'a> {
     pub column: &'a str,
     /// The row's identity, e.g. the cluster id, or `<cluster id>/<ordinal>`.
     pub row: &'a str,
+}
+
+/// The row a sealed value belongs to, as its associated data names it. Sealing and opening both
+/// build the row id here, so the two cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+pub enum SealedRow {
+    /// A `kubeclusters` row: `<cluster id>`.
+    Cluster(ClusterId),
+    /// An `etcdnodes` or `apiservernodes` row: `<cluster id>/<ordinal>`.
+    Node(ClusterId, NodeOrdinal),
+    /// A `clustercerts` row: `<cluster id>/<stored name>`.
+    SharedCert(ClusterId, SharedClientCert),
+}
+
+impl fmt::Display for SealedRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cluster(cluster) => write!(f, "{cluster}"),
+            Self::Node(cluster, ordinal) => write!(f, "{cluster}/{ordinal}"),
+            Self::SharedCert(cluster, cert) => write!(f, "{cluster}/{}", cert.stored_name()),
+        }
+    }
 }
 
 impl Slot<'_> {

@@ -1,6 +1,7 @@
 //! Library errors mapped into the port's `RepoError`, in one place.
 
 use diesel::result::{DatabaseErrorKind, Error};
+use plinth_domain::ports::context;
 use plinth_domain::ports::repo::RepoError;
 
 /// The unique constraint that makes a cluster name unique within its organization.
@@ -8,7 +9,7 @@ pub(crate) const ORG_NAME_CONSTRAINT: &str = "kubeclusters_org_name_key";
 
 /// Maps a query error; `doing` says what the query was for.
 pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
-    match e {
+    match &e {
         Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
             if info.constraint_name() == Some(ORG_NAME_CONSTRAINT) =>
         {
@@ -24,17 +25,15 @@ pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
         }
         Error::DatabaseError(
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            info,
-        ) => RepoError::Unavailable(format!("{doing}: {}", info.message())),
+            _,
+        )
+        | Error::BrokenTransactionManager => RepoError::Unavailable(context(doing, e)),
         // The server going away mid-session (SQLSTATE class 57) arrives without a kind.
         Error::DatabaseError(_, info) if is_shutdown(info.message()) => {
-            RepoError::Unavailable(format!("{doing}: {}", info.message()))
+            RepoError::Unavailable(context(doing, e))
         }
-        Error::BrokenTransactionManager => RepoError::Unavailable(format!(
-            "{doing}: the connection's transaction state is lost"
-        )),
         Error::NotFound => RepoError::NotFound(doing.to_owned()),
-        other => RepoError::Unexpected(format!("{doing}: {other}")),
+        _ => RepoError::Unexpected(context(doing, e)),
     }
 }
 
@@ -54,10 +53,10 @@ pub(crate) fn pool_error(
     e: diesel_async::pooled_connection::deadpool::PoolError,
     doing: &str,
 ) -> RepoError {
-    RepoError::Unavailable(format!("{doing}: no database connection: {e}"))
+    RepoError::Unavailable(context(format!("{doing}: no database connection"), e))
 }
 
 /// A database call that did not finish within its bound.
 pub(crate) fn timed_out(doing: &str) -> RepoError {
-    RepoError::Unavailable(format!("{doing}: the database did not answer in time"))
+    RepoError::Unavailable(format!("{doing}: the database did not answer in time").into())
 }

@@ -12,6 +12,7 @@ pub mod envelope;
 mod errors;
 mod rows;
 mod schema;
+mod settings;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod tx;
@@ -27,13 +28,18 @@ use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, Ru
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt as _;
 use plinth_domain::model::{BootstrapTokenHash, ClusterId, NodeName, OrgId, SecretText};
-use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use plinth_domain::ports::context;
+use plinth_domain::ports::pki::{
+    CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts,
+};
 use plinth_domain::ports::repo::{
     BootstrapMaterial, ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError,
-    RepoTx, SharedClientCerts,
+    RepoTx,
 };
+use plinth_domain::settings::SettingsError;
 
-pub use envelope::{Envelope, EnvelopeError, MasterKeyError, Slot};
+pub use envelope::{Envelope, EnvelopeError, MasterKeyError, SealedRow, Slot};
+pub use settings::{MasterKeySettings, PgSettings};
 
 use crate::errors::{pool_error, query_error, timed_out};
 use crate::rows::{
@@ -49,37 +55,13 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 /// The most clusters one page lists.
 pub const MAX_PAGE: u32 = 100;
 
-/// How to reach PostgreSQL, and the bounds on every call.
-#[derive(Debug, Clone)]
-pub struct PgSettings {
-    /// `postgres://user:password@host:port/database`; secret, as it holds the password.
-    pub url: SecretText,
-    /// Pool size. A founding holds one connection for its whole transaction.
-    pub max_connections: usize,
-    /// Opening a connection.
-    pub connect_timeout: Duration,
-    /// Waiting for a free connection from the pool.
-    pub acquire_timeout: Duration,
-    /// One statement, including commit.
-    pub statement_timeout: Duration,
-}
-
-impl PgSettings {
-    /// Defaults for `url`: 16 connections, 5 s to connect or acquire, 10 s per statement.
-    pub fn new(url: SecretText) -> Self {
-        Self {
-            url,
-            max_connections: 16,
-            connect_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Why the repository could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PgSetupError {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The pool settings are unusable.
     #[error("database pool: {0}")]
     Pool(String),
@@ -109,7 +91,9 @@ impl std::fmt::Debug for PgRepo {
 impl PgRepo {
     /// Builds the pool (lazily: no connection is opened until one is needed).
     pub fn new(settings: &PgSettings, envelope: Envelope) -> Result<Self, PgSetupError> {
-        let connect_timeout = settings.connect_timeout;
+        settings.check()?;
+        let connect_timeout = settings.connect_timeout()?;
+        let acquire_timeout = settings.acquire_timeout()?;
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
@@ -130,21 +114,22 @@ impl PgRepo {
         );
         let pool = Pool::builder(manager)
             .max_size(settings.max_connections.max(1))
-            .wait_timeout(Some(settings.acquire_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
+            .wait_timeout(Some(acquire_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| PgSetupError::Pool(e.to_string()))?;
         Ok(Self {
             pool,
             envelope: Arc::new(envelope),
-            statement_timeout: settings.statement_timeout,
-            acquire_timeout: settings.acquire_timeout,
+            statement_timeout: settings.statement_timeout()?,
+            acquire_timeout,
         })
     }
 
-    /// The envelope sealing this repository's keys (for reading them back, e.g. for bundles).
+    /// The envelope sealing this repository's keys, for tests that open stored values.
+    #[cfg(feature = "test-support")]
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
@@ -167,20 +152,6 @@ impl PgRepo {
             .map_err(|e| PgSetupError::Migrations(e.to_string()))?;
         run_migrations(conn, MIGRATIONS).await
     }
-
-    /// Whether the database answers (for readiness checks).
-    pub async fn ping(&self) -> Result<(), RepoError> {
-        const DOING: &str = "checking the database";
-        let mut conn = self.connection(DOING).await?;
-        let query = diesel::select(1.into_sql::<diesel::sql_types::Integer>());
-        match tokio::time::timeout(self.statement_timeout, query.get_result::<i32>(&mut *conn))
-            .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(query_error(e, DOING)),
-            Err(_) => Err(timed_out(DOING)),
-        }
-    }
 }
 
 /// Applies `migrations` on `conn` (blocking work, moved off the executor's core threads).
@@ -200,6 +171,19 @@ where
 
 #[async_trait]
 impl Repo for PgRepo {
+    async fn ping(&self) -> Result<(), RepoError> {
+        const DOING: &str = "checking the database";
+        let mut conn = self.connection(DOING).await?;
+        let query = diesel::select(1.into_sql::<diesel::sql_types::Integer>());
+        match tokio::time::timeout(self.statement_timeout, query.get_result::<i32>(&mut *conn))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(query_error(e, DOING)),
+            Err(_) => Err(timed_out(DOING)),
+        }
+    }
+
     async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError> {
         let conn = self.connection("beginning a founding").await?;
         let tx = PgTx::begin(conn, Arc::clone(&self.envelope), self.statement_timeout).await?;
@@ -304,7 +288,9 @@ impl PgRepo {
     ) -> Result<SecretText, RepoError> {
         self.envelope
             .open(sealed, Slot { table, column, row })
-            .map_err(|e| RepoError::Unexpected(format!("opening {table}.{column} of {row}: {e}")))
+            .map_err(|e| {
+                RepoError::Unexpected(context(format!("opening {table}.{column} of {row}"), e))
+            })
     }
 
     async fn load_bootstrap_material(
@@ -371,15 +357,16 @@ impl PgRepo {
             .map_err(bound)?
             .map_err(|e| query_error(e, DOING))?;
 
-        let cluster_row = cluster.to_string();
-        let node_row = format!("{cluster}/{}", placement.ordinal);
+        let cluster_row = SealedRow::Cluster(cluster).to_string();
+        let node_row = SealedRow::Node(cluster, placement.ordinal).to_string();
         let pair = |cert: String, sealed: &str, table: &str, column: &str, row: &str| {
             Ok::<_, RepoError>(CertifiedKey {
                 cert_pem: cert,
                 key_pem: self.open(sealed, table, column, row)?,
             })
         };
-        let shared_cert = |name: &str| -> Result<CertifiedKey, RepoError> {
+        let shared = SharedClientCerts::try_from_fn(|which| {
+            let name = which.stored_name();
             let row = shared.iter().find(|r| r.name == name).ok_or_else(|| {
                 RepoError::NotFound(format!(
                     "cluster {cluster} has no {name} certificate (founded before bundles existed)"
@@ -390,9 +377,9 @@ impl PgRepo {
                 &row.key,
                 "clustercerts",
                 "key",
-                &format!("{cluster}/{name}"),
+                &SealedRow::SharedCert(cluster, which).to_string(),
             )
-        };
+        })?;
         let (Some(kubelet_cert), Some(kubelet_key)) =
             (apiserver.kubelet_cert, apiserver.kubelet_key)
         else {
@@ -442,14 +429,7 @@ impl PgRepo {
                     &cluster_row,
                 )?,
             },
-            shared: SharedClientCerts {
-                apiserver_etcd_client: shared_cert("apiserver-etcd-client")?,
-                etcd_healthcheck_client: shared_cert("etcd-healthcheck-client")?,
-                front_proxy_client: shared_cert("front-proxy-client")?,
-                apiserver_kubelet_client: shared_cert("apiserver-kubelet-client")?,
-                controller_manager: shared_cert("controller-manager")?,
-                scheduler: shared_cert("scheduler")?,
-            },
+            shared,
             etcd_cert: pair(etcd_cert, &etcd_key, "etcdnodes", "key", &node_row)?,
             apiserver_cert: pair(
                 apiserver.cert,

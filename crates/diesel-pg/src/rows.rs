@@ -177,7 +177,7 @@ pub(crate) struct VmRow {
 
 /// A stored value that breaks a domain rule: the row was written by something else, or edited.
 fn corrupt(what: impl std::fmt::Display) -> RepoError {
-    RepoError::Unexpected(format!("stored data is invalid: {what}"))
+    RepoError::Unexpected(format!("stored data is invalid: {what}").into())
 }
 
 pub(crate) fn host(ip: IpAddr) -> IpNet {

@@ -8,12 +8,14 @@ use diesel::prelude::*;
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 use plinth_domain::model::{ClusterId, VmId};
+use plinth_domain::ports::context;
+use plinth_domain::ports::pki::SharedClientCerts;
 use plinth_domain::ports::repo::{
-    ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    RepoError, RepoTx, SharedClientCerts, VmIdentity,
+    ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, RepoError,
+    RepoTx, VmIdentity,
 };
 
-use crate::envelope::{Envelope, Slot};
+use crate::envelope::{Envelope, SealedRow, Slot};
 use crate::errors::{query_error, timed_out};
 use crate::rows::{
     NewApiServerNodeRow, NewClusterCertRow, NewClusterRow, NewEtcdNodeRow, VmRow, host,
@@ -62,9 +64,9 @@ impl PgTx {
     /// Lends the transaction's connection to one statement; [`PgTx::settle`] takes it back.
     fn take_conn(&mut self, doing: &str) -> Result<Object<AsyncPgConnection>, RepoError> {
         self.conn.take().ok_or_else(|| {
-            RepoError::Unavailable(format!(
-                "{doing}: the transaction was aborted by an earlier error"
-            ))
+            RepoError::Unavailable(
+                format!("{doing}: the transaction was aborted by an earlier error").into(),
+            )
         })
     }
 
@@ -104,16 +106,19 @@ impl PgTx {
         slot: Slot<'_>,
     ) -> Result<String, RepoError> {
         self.envelope.seal(key, slot).map_err(|e| {
-            RepoError::Unexpected(format!("encrypting {}.{}: {e}", slot.table, slot.column))
+            RepoError::Unexpected(context(
+                format!("encrypting {}.{}", slot.table, slot.column),
+                e,
+            ))
         })
     }
 
     async fn finish(mut self: Box<Self>, commit: bool) -> Result<(), RepoError> {
         let doing = if commit { "committing" } else { "rolling back" };
         let Some(mut conn) = self.conn.take() else {
-            return Err(RepoError::Unavailable(format!(
-                "{doing}: the transaction was aborted by an earlier error"
-            )));
+            return Err(RepoError::Unavailable(
+                format!("{doing}: the transaction was aborted by an earlier error").into(),
+            ));
         };
         let finished = if commit {
             tokio::time::timeout(
@@ -153,28 +158,10 @@ fn discard(conn: Object<AsyncPgConnection>) {
     drop(Object::take(conn));
 }
 
-/// The shared certs by their stored names.
-pub(crate) fn shared_certs(
-    certs: &SharedClientCerts,
-) -> [(&'static str, &plinth_domain::ports::pki::CertifiedKey); 6] {
-    [
-        ("apiserver-etcd-client", &certs.apiserver_etcd_client),
-        ("etcd-healthcheck-client", &certs.etcd_healthcheck_client),
-        ("front-proxy-client", &certs.front_proxy_client),
-        ("apiserver-kubelet-client", &certs.apiserver_kubelet_client),
-        ("controller-manager", &certs.controller_manager),
-        ("scheduler", &certs.scheduler),
-    ]
-}
-
-pub(crate) fn node_row_id(cluster: ClusterId, node: &NodePlacement) -> String {
-    format!("{cluster}/{}", node.ordinal)
-}
-
 #[async_trait]
 impl RepoTx for PgTx {
     async fn insert_cluster(&mut self, cluster: &NewClusterRecord) -> Result<(), RepoError> {
-        let row_id = cluster.id.to_string();
+        let row_id = SealedRow::Cluster(cluster.id).to_string();
         let slot = |column| Slot {
             table: "kubeclusters",
             column,
@@ -261,7 +248,7 @@ impl RepoTx for PgTx {
     async fn insert_etcd_nodes(&mut self, nodes: &[EtcdNodeRecord]) -> Result<(), RepoError> {
         let mut rows = Vec::with_capacity(nodes.len());
         for record in nodes {
-            let row_id = node_row_id(record.cluster_id, &record.node);
+            let row_id = SealedRow::Node(record.cluster_id, record.node.ordinal).to_string();
             let slot = Slot {
                 table: "etcdnodes",
                 column: "key",
@@ -293,7 +280,7 @@ impl RepoTx for PgTx {
     ) -> Result<(), RepoError> {
         let mut rows = Vec::with_capacity(nodes.len());
         for record in nodes {
-            let row_id = node_row_id(record.cluster_id, &record.node);
+            let row_id = SealedRow::Node(record.cluster_id, record.node.ordinal).to_string();
             let slot = Slot {
                 table: "apiservernodes",
                 column: "key",
@@ -335,8 +322,8 @@ impl RepoTx for PgTx {
         certs: &SharedClientCerts,
     ) -> Result<(), RepoError> {
         let mut rows = Vec::with_capacity(6);
-        for (name, cert) in shared_certs(certs) {
-            let row_id = format!("{cluster}/{name}");
+        for (which, cert) in certs.iter() {
+            let row_id = SealedRow::SharedCert(cluster, which).to_string();
             let slot = Slot {
                 table: "clustercerts",
                 column: "key",
@@ -344,7 +331,7 @@ impl RepoTx for PgTx {
             };
             rows.push(NewClusterCertRow {
                 cluster_id: cluster.as_uuid(),
-                name,
+                name: which.stored_name(),
                 cert: &cert.cert_pem,
                 key: self.seal(&cert.key_pem, slot)?,
             });

@@ -14,15 +14,15 @@ use ipnet::IpNet;
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_diesel_pg::{Envelope, EnvelopeError, PgRepo, PgSettings, Slot};
 use plinth_domain::model::{
-    BootstrapTokenHash, ClusterId, ClusterName, ClusterSpec, ControlPlaneCount, FlavorId, ImageId,
-    Networking, NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText, SecurityGroupChoice,
-    SecurityGroupId, SubnetId, VmId,
+    BootstrapTokenHash, ClusterId, NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText,
+    SecurityGroupChoice, SecurityGroupId, VmId,
 };
-use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use plinth_domain::ports::pki::SharedClientCerts;
 use plinth_domain::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    PageRequest, Repo, RepoError, SharedClientCerts,
+    PageRequest, Repo, RepoError,
 };
+use plinth_domain::testing::{cluster_record, pem_certified};
 use time::OffsetDateTime;
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -51,56 +51,8 @@ fn repo(db: &TestDatabase) -> PgRepo {
     repo_with(db, envelope("k1", &[("k1", 1)]))
 }
 
-/// A PEM-shaped secret unique to `label`, so a dump or a column can be searched for it.
-fn key_pem(label: &str) -> SecretText {
-    SecretText::new(format!(
-        "-----BEGIN PRIVATE KEY-----\nSECRET-{label}\n-----END PRIVATE KEY-----\n"
-    ))
-}
-
-fn certified(label: &str) -> CertifiedKey {
-    CertifiedKey {
-        cert_pem: format!("-----BEGIN CERTIFICATE-----\nCERT-{label}\n-----END CERTIFICATE-----\n"),
-        key_pem: key_pem(label),
-    }
-}
-
 fn org(id: &str) -> OrgId {
     OrgId::parse(id).unwrap()
-}
-
-fn cluster_record(
-    org_id: &str,
-    name: Option<&str>,
-    count: u8,
-    created_at: OffsetDateTime,
-) -> NewClusterRecord {
-    let id = ClusterId::new_random();
-    NewClusterRecord {
-        id,
-        org: org(org_id),
-        spec: ClusterSpec {
-            name: name.map(|n| ClusterName::parse(n).unwrap()),
-            control_plane_count: ControlPlaneCount::new(i64::from(count)).unwrap(),
-            subnet_id: SubnetId::parse("subnet-local").unwrap(),
-            flavor: FlavorId::parse("m1.medium").unwrap(),
-            image: ImageId::parse("debian-12").unwrap(),
-            security_groups: SecurityGroupChoice::CreateForCluster,
-        },
-        networking: Networking::default(),
-        control_plane_dns_name: format!("api.cluster-{id}.k8s.test"),
-        ingress_wildcard_dns_name: format!("*.apps.cluster-{id}.k8s.test"),
-        ca: ClusterCa {
-            root: certified(&format!("{id}-ca")),
-            etcd: certified(&format!("{id}-etcd-ca")),
-            front_proxy: certified(&format!("{id}-front-proxy-ca")),
-        },
-        service_account: ServiceAccountKeyPair {
-            public_key_pem: "-----BEGIN PUBLIC KEY-----\nPUB\n-----END PUBLIC KEY-----\n".into(),
-            private_key_pem: key_pem(&format!("{id}-sa")),
-        },
-        created_at,
-    }
 }
 
 fn vm_id(cluster: ClusterId, n: u8) -> VmId {
@@ -187,7 +139,7 @@ async fn found(
         .map(|node| EtcdNodeRecord {
             cluster_id: id,
             node: node.clone(),
-            cert: certified(&format!("{}-etcd", node.name)),
+            cert: pem_certified(&format!("{}-etcd", node.name)),
         })
         .collect();
     let apiserver: Vec<ApiServerNodeRecord> = nodes
@@ -195,8 +147,8 @@ async fn found(
         .map(|node| ApiServerNodeRecord {
             cluster_id: id,
             node: node.clone(),
-            cert: certified(&format!("{}-apiserver", node.name)),
-            kubelet_cert: certified(&format!("{}-kubelet", node.name)),
+            cert: pem_certified(&format!("{}-apiserver", node.name)),
+            kubelet_cert: pem_certified(&format!("{}-kubelet", node.name)),
             bootstrap_token_hash: BootstrapTokenHash::of(&format!("token-{}", node.name)),
             bootstrap_token_expires_at: record.created_at + time::Duration::hours(24),
         })
@@ -208,15 +160,10 @@ async fn found(
 }
 
 fn shared(cluster: ClusterId) -> SharedClientCerts {
-    let cert = |name: &str| certified(&format!("{cluster}-{name}"));
-    SharedClientCerts {
-        apiserver_etcd_client: cert("apiserver-etcd-client"),
-        etcd_healthcheck_client: cert("healthcheck-client"),
-        front_proxy_client: cert("front-proxy-client"),
-        apiserver_kubelet_client: cert("apiserver-kubelet-client"),
-        controller_manager: cert("controller-manager"),
-        scheduler: cert("scheduler"),
-    }
+    SharedClientCerts::try_from_fn(|which| {
+        Ok::<_, std::convert::Infallible>(pem_certified(&format!("{cluster}-{which}")))
+    })
+    .unwrap()
 }
 
 #[derive(QueryableByName)]
@@ -349,7 +296,7 @@ async fn a_rolled_back_founding_leaves_no_rows() {
     tx.insert_etcd_nodes(&[EtcdNodeRecord {
         cluster_id: record.id,
         node,
-        cert: certified("x"),
+        cert: pem_certified("x"),
     }])
     .await
     .unwrap();
@@ -714,7 +661,7 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
     let node_name = NodeName::new(one.id, NodeOrdinal::new(2).unwrap());
     assert_eq!(
         repo.envelope().open(node_key, etcd_slot).unwrap(),
-        certified(&format!("{node_name}-etcd")).key_pem
+        pem_certified(&format!("{node_name}-etcd")).key_pem
     );
     let api_slot = Slot {
         table: "apiservernodes",
@@ -838,12 +785,15 @@ async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
     assert_eq!(material.ca, record.ca);
     assert_eq!(material.service_account, record.service_account);
     assert_eq!(material.shared, shared(record.id));
-    assert_eq!(material.etcd_cert, certified(&format!("{node}-etcd")));
+    assert_eq!(material.etcd_cert, pem_certified(&format!("{node}-etcd")));
     assert_eq!(
         material.apiserver_cert,
-        certified(&format!("{node}-apiserver"))
+        pem_certified(&format!("{node}-apiserver"))
     );
-    assert_eq!(material.kubelet_cert, certified(&format!("{node}-kubelet")));
+    assert_eq!(
+        material.kubelet_cert,
+        pem_certified(&format!("{node}-kubelet"))
+    );
     assert!(
         material
             .bootstrap_token_hash

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,12 +12,10 @@ use diesel::sql_query;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use plinth_diesel_pg::testing::{migrate_everything, url_for_database};
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
-use plinth_domain::model::{
-    ClusterId, ClusterSpec, ControlPlaneCount, FlavorId, ImageId, Networking, OrgId, SecretText,
-    SecurityGroupChoice, SubnetId, VmId,
-};
-use plinth_domain::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
-use plinth_domain::ports::repo::{NewClusterRecord, PageRequest, Repo, RepoError};
+use plinth_domain::model::{SecretText, VmId};
+use plinth_domain::ports::repo::{PageRequest, Repo, RepoError};
+use plinth_domain::testing::cluster_record;
+use plinth_testkit::{MASTER_KEY, free_port, signal};
 use time::OffsetDateTime;
 
 /// A PostgreSQL of this test's own, stopped and deleted when dropped.
@@ -48,11 +45,7 @@ impl PrivatePostgres {
     }
 
     fn start() -> (Self, String) {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("plinth-outage-pg-{}-{port}", std::process::id()));
         let pg = Self { dir, port };
@@ -69,39 +62,6 @@ impl Drop for PrivatePostgres {
             .env("PLINTH_PG_PORT", self.port.to_string())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn record() -> NewClusterRecord {
-    let id = ClusterId::new_random();
-    let cert = |label: &str| CertifiedKey {
-        cert_pem: format!("cert {label}"),
-        key_pem: SecretText::new(format!("key {label}")),
-    };
-    NewClusterRecord {
-        id,
-        org: OrgId::parse("org-a").unwrap(),
-        spec: ClusterSpec {
-            name: None,
-            control_plane_count: ControlPlaneCount::new(1).unwrap(),
-            subnet_id: SubnetId::parse("subnet-local").unwrap(),
-            flavor: FlavorId::parse("m1.medium").unwrap(),
-            image: ImageId::parse("debian-12").unwrap(),
-            security_groups: SecurityGroupChoice::CreateForCluster,
-        },
-        networking: Networking::default(),
-        control_plane_dns_name: format!("api.cluster-{id}.k8s.test"),
-        ingress_wildcard_dns_name: format!("*.apps.cluster-{id}.k8s.test"),
-        ca: ClusterCa {
-            root: cert("ca"),
-            etcd: cert("etcd-ca"),
-            front_proxy: cert("front-proxy-ca"),
-        },
-        service_account: ServiceAccountKeyPair {
-            public_key_pem: "pub".into(),
-            private_key_pem: SecretText::new("sa"),
-        },
-        created_at: OffsetDateTime::now_utc(),
     }
 }
 
@@ -141,13 +101,12 @@ async fn repo_on_private_postgres(
     drop(admin);
     let url = url_for_database(&admin_url, name);
     let settings = PgSettings {
-        connect_timeout: Duration::from_secs(connect_secs),
-        acquire_timeout: Duration::from_secs(connect_secs),
-        statement_timeout: Duration::from_secs(statement_secs),
+        connect_timeout_secs: connect_secs,
+        acquire_timeout_secs: connect_secs,
+        statement_timeout_secs: statement_secs,
         ..PgSettings::new(SecretText::new(&url))
     };
-    let key = SecretText::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
-    let envelope = Envelope::new("k1", [("k1".to_owned(), key)]).unwrap();
+    let envelope = Envelope::new("k1", [("k1".to_owned(), SecretText::new(MASTER_KEY))]).unwrap();
     let repo = PgRepo::new(&settings, envelope).unwrap();
     (postgres, url, repo)
 }
@@ -165,7 +124,7 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
     assert!(repo.migrate().await.unwrap().is_empty());
     migrate_everything(&url).await;
 
-    let record = record();
+    let record = cluster_record("org-a", None, 1, OffsetDateTime::now_utc());
     let mut tx = repo.begin().await.unwrap();
     tx.insert_cluster(&record).await.unwrap();
 
@@ -231,20 +190,11 @@ fn server_pids(postgres: &PrivatePostgres) -> Vec<String> {
     pids
 }
 
-fn signal(pids: &[String], signal: &str) {
-    let status = Command::new("kill")
-        .arg(signal)
-        .args(pids)
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pids:?}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_postgres_yields_unavailable_within_the_configured_bounds() {
     let (postgres, url, repo) = repo_on_private_postgres("hung", 1, 2).await;
     migrate_everything(&url).await;
-    let record = record();
+    let record = cluster_record("org-a", None, 1, OffsetDateTime::now_utc());
     let mut tx = repo.begin().await.unwrap();
     tx.insert_cluster(&record).await.unwrap();
 

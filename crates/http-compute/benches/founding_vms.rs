@@ -43,12 +43,14 @@ async fn main() {
     let org = OrgId::parse("org-bench").unwrap();
     let (mut steps, mut totals) = (Vec::new(), Vec::new());
     for run in 0..=RUNS {
-        let request = ClusterRequest {
+        let spec = ClusterRequest {
             control_plane_count: Some(5),
             ..ClusterRequest::default()
-        };
+        }
+        .validate(&use_case.settings().defaults)
+        .unwrap();
         let started = Instant::now();
-        let founded = use_case.found(&org, request).await.unwrap();
+        let founded = use_case.found(&org, spec).await.unwrap();
         let total = started.elapsed();
         let creations = compute.take_creations();
         let first = creations.iter().map(|(s, _)| *s).min().unwrap();

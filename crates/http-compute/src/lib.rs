@@ -1,63 +1,50 @@
-//! plinth's `Compute` adapter: the compute contract of DESIGN.md §5 over HTTP, with reqwest.
+//! plinth's `Compute` adapter: the compute contract of `docs/ARCHITECTURE.md` §4 over HTTP, with
+//! reqwest (through `plinth-http-client`).
 //!
-//! Every call has a connect and a request timeout. Calls that are safe to repeat — reads,
-//! deletes, and VM creation, which carries an `Idempotency-Key` — are retried on transport
-//! failures, timeouts, 429 and 5xx, with jittered exponential backoff; group and rule creation
-//! are not. Status codes and transport errors map to the port's `ComputeError`.
+//! Every call carries the bearer service token and has a connect and a request timeout. Calls
+//! that are safe to repeat — reads, deletes, and VM creation, which carries an `Idempotency-Key`
+//! that stays the same across its retries — are retried on transport failures, timeouts, 429 and
+//! 5xx, with jittered exponential backoff; group and rule creation are not. Statuses map to the
+//! port's `ComputeError` with the service's own words (404 → `NotFound`, 409 → `Conflict`,
+//! 400/422 → `Rejected`, 401/403 → `Rejected` naming plinth's credentials, 429/5xx →
+//! `Unavailable`); transport failures keep reqwest's error as the cause (`Timeout`,
+//! `Unavailable`, `Unexpected`).
+//!
+//! Its configuration is the `[compute]` section, [`HttpComputeSettings`].
+
+mod settings;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use plinth_domain::model::{SecretText, SecurityGroupId, SubnetId, VmId};
+use plinth_domain::model::{InvalidValue, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::compute::{
     Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Subnet,
 };
+use plinth_domain::ports::context;
+use plinth_domain::settings::SettingsError;
+use plinth_http_client::{Answer, HttpClient, RetryPolicy, TransportError, is_retryable};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Where the compute service is and how patient to be with it.
-#[derive(Debug, Clone)]
-pub struct HttpComputeSettings {
-    /// e.g. `https://compute.internal` or `http://127.0.0.1:8081`, without a trailing `/`.
-    pub base_url: String,
-    /// The bearer service token.
-    pub token: SecretText,
-    /// Opening a connection.
-    pub connect_timeout: Duration,
-    /// One request, start to end.
-    pub request_timeout: Duration,
-    /// Attempts of a retry-safe call, the first included.
-    pub max_attempts: u32,
-    /// The first backoff cap; it doubles per attempt, and a random delay up to it is waited.
-    pub backoff_base: Duration,
-    /// The largest backoff cap.
-    pub backoff_max: Duration,
-}
-
-impl HttpComputeSettings {
-    /// Defaults: 2 s to connect, 10 s per request, 3 attempts, backoff from 100 ms up to 2 s.
-    pub fn new(base_url: &str, token: SecretText) -> Self {
-        Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            token,
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            max_attempts: 3,
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(2),
-        }
-    }
-}
+pub use settings::HttpComputeSettings;
 
 /// Why the adapter could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("compute client: {0}")]
-pub struct HttpComputeSetupError(String);
+pub enum HttpComputeSetupError {
+    /// A setting cannot work; its key is relative to the `[compute]` section.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// reqwest could not build the client.
+    #[error("building the compute service's HTTP client")]
+    Client(#[source] reqwest::Error),
+}
 
 /// A VM as the compute service describes it.
+#[cfg(feature = "test-support")]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Vm {
     /// Id.
@@ -89,8 +76,11 @@ pub struct Vm {
 /// The `Compute` port over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpCompute {
-    client: reqwest::Client,
-    settings: HttpComputeSettings,
+    http: HttpClient,
+    /// `Bearer <token>`, marked sensitive.
+    authorization: HeaderValue,
+    /// For retry-safe calls.
+    retry: RetryPolicy,
 }
 
 /// Whether a call may be sent again after a failure whose outcome is unknown.
@@ -136,68 +126,25 @@ struct IdBody {
     id: String,
 }
 
-#[derive(Deserialize)]
-struct ProblemBody {
-    title: Option<String>,
-    detail: Option<String>,
-}
-
-/// A finished HTTP exchange.
-struct Answer {
-    status: StatusCode,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// The server's own words: a problem's detail, else the start of the body.
-    fn message(&self) -> String {
-        if let Ok(problem) = serde_json::from_slice::<ProblemBody>(&self.body)
-            && let Some(text) = problem.detail.or(problem.title)
-        {
-            return text;
-        }
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
-        if text.is_empty() {
-            self.status.to_string()
-        } else {
-            text.chars().take(300).collect()
-        }
-    }
-
-    fn json<T: DeserializeOwned>(&self, what: &str) -> Result<T, ComputeError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            ComputeError::Unexpected(format!(
-                "{what}: the compute service's answer is not understood: {e}"
-            ))
+impl HttpCompute {
+    /// Checks the settings (reading `token_file` when it is the one set) and builds the client
+    /// (rustls; no system OpenSSL).
+    ///
+    /// # Errors
+    /// A setting that cannot work, or a client reqwest cannot build.
+    pub fn new(settings: HttpComputeSettings) -> Result<Self, HttpComputeSetupError> {
+        let resolved = settings.resolve()?;
+        let http = HttpClient::new("compute", &resolved.base_url, resolved.timeouts)
+            .map_err(HttpComputeSetupError::Client)?;
+        Ok(Self {
+            http,
+            authorization: resolved.authorization,
+            retry: resolved.retry,
         })
     }
-}
 
-fn retryable(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-}
-
-impl HttpCompute {
-    /// Builds the client (rustls; no system OpenSSL).
-    pub fn new(settings: HttpComputeSettings) -> Result<Self, HttpComputeSetupError> {
-        if !(settings.base_url.starts_with("http://") || settings.base_url.starts_with("https://"))
-        {
-            return Err(HttpComputeSetupError(format!(
-                "base_url {:?} must start with http:// or https://",
-                settings.base_url
-            )));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .user_agent(concat!("plinth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| HttpComputeSetupError(e.to_string()))?;
-        Ok(Self { client, settings })
-    }
-
-    /// Reads a VM (with its userdata).
+    /// Reads a VM (with its userdata), for tests that check what a founding asked for.
+    #[cfg(feature = "test-support")]
     pub async fn get_vm(&self, id: &VmId) -> Result<Vm, ComputeError> {
         let path = format!("/v1/vms/{id}");
         let answer = self
@@ -211,13 +158,13 @@ impl HttpCompute {
             )
             .await?;
         match answer.status {
-            StatusCode::OK => answer.json("reading a VM"),
-            _ => Err(self.failure("reading a VM", &answer)),
+            StatusCode::OK => understood("reading a VM", &answer),
+            _ => Err(failure("reading a VM", &answer)),
         }
     }
 
     /// Sends one call, retrying it when that is safe, and returns the last answer.
-    async fn send<B: Serialize>(
+    async fn send<B: Serialize + Sync>(
         &self,
         what: &str,
         method: Method,
@@ -226,100 +173,74 @@ impl HttpCompute {
         idempotency_key: Option<&str>,
         retry: Retry,
     ) -> Result<Answer, ComputeError> {
-        let url = format!("{}{path}", self.settings.base_url);
-        let attempts = match retry {
-            Retry::Safe => self.settings.max_attempts.max(1),
-            Retry::Never => 1,
+        let policy = match retry {
+            Retry::Safe => self.retry,
+            Retry::Never => RetryPolicy::ONCE,
         };
-        let mut attempt = 1;
-        loop {
-            let mut request = self
-                .client
-                .request(method.clone(), &url)
-                .bearer_auth(self.settings.token.expose());
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            if let Some(key) = idempotency_key {
-                request = request.header("Idempotency-Key", key);
-            }
-            let outcome = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    match response.bytes().await {
-                        Ok(body) => Ok(Answer {
-                            status,
-                            body: body.to_vec(),
-                        }),
-                        Err(e) => Err(e),
-                    }
+        self.http
+            .send(policy, method, path, |request| {
+                let mut request = request.header(AUTHORIZATION, self.authorization.clone());
+                if let Some(body) = body {
+                    request = request.json(body);
                 }
-                Err(e) => Err(e),
-            };
-            let again = attempt < attempts
-                && match &outcome {
-                    Ok(answer) => retryable(answer.status),
-                    Err(_) => true,
-                };
-            if !again {
-                return outcome.map_err(|e| self.transport(what, &e));
-            }
-            match &outcome {
-                Ok(answer) => {
-                    tracing::warn!(%method, path, attempt, status = %answer.status, "compute call failed; retrying")
+                if let Some(key) = idempotency_key {
+                    request = request.header("Idempotency-Key", key);
                 }
-                Err(e) => {
-                    tracing::warn!(%method, path, attempt, error = %e, "compute call failed; retrying")
-                }
-            }
-            tokio::time::sleep(self.backoff(attempt)).await;
-            attempt += 1;
+                request
+            })
+            .await
+            .map_err(|e| transport(what, e))
+    }
+}
+
+/// A call that got no usable answer, with reqwest's error as the cause.
+fn transport(what: &str, e: TransportError) -> ComputeError {
+    match e {
+        TransportError::Timeout { .. } => ComputeError::Timeout(context(what, e)),
+        TransportError::Unavailable(_) => ComputeError::Unavailable(context(what, e)),
+        _ => ComputeError::Unexpected(context(what, e)),
+    }
+}
+
+/// An unsuccessful answer; the texts of `NotFound`, `Conflict` and `Rejected` are the service's
+/// own words (they reach API users).
+fn failure(what: &str, answer: &Answer) -> ComputeError {
+    let message = format!("{what}: {}", answer.message());
+    match answer.status {
+        StatusCode::NOT_FOUND => ComputeError::NotFound(message),
+        StatusCode::CONFLICT => ComputeError::Conflict(message),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            ComputeError::Rejected(message)
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ComputeError::Rejected(format!(
+            "{what}: the compute service refused plinth's credentials ({})",
+            answer.status
+        )),
+        status if is_retryable(status) => {
+            ComputeError::Unavailable(context(what, format!("{} ({status})", answer.message())))
+        }
+        status => {
+            ComputeError::Unexpected(context(what, format!("{} ({status})", answer.message())))
         }
     }
+}
 
-    /// Full jitter: a random wait up to `base × 2^(attempt-1)`, capped.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .settings
-            .backoff_base
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(self.settings.backoff_max);
-        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::random_range(0..=cap_ms))
-    }
+/// An id in an answer that plinth's model refuses.
+fn unexpected_id(what: &str, e: InvalidValue) -> ComputeError {
+    ComputeError::Unexpected(context(
+        format!("{what}: the compute service answered an id plinth cannot use"),
+        e,
+    ))
+}
 
-    fn transport(&self, what: &str, e: &reqwest::Error) -> ComputeError {
-        if e.is_timeout() {
-            ComputeError::Timeout(format!(
-                "{what}: no answer within {:?}",
-                self.settings.request_timeout
-            ))
-        } else if e.is_connect() || e.is_request() || e.is_body() {
-            ComputeError::Unavailable(format!("{what}: {e}"))
-        } else {
-            ComputeError::Unexpected(format!("{what}: {e}"))
-        }
-    }
-
-    /// Maps an unsuccessful answer.
-    fn failure(&self, what: &str, answer: &Answer) -> ComputeError {
-        let message = format!("{what}: {}", answer.message());
-        match answer.status {
-            StatusCode::NOT_FOUND => ComputeError::NotFound(message),
-            StatusCode::CONFLICT => ComputeError::Conflict(message),
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
-                ComputeError::Rejected(message)
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ComputeError::Rejected(format!(
-                "{what}: the compute service refused plinth's credentials ({})",
-                answer.status
-            )),
-            status if retryable(status) => {
-                ComputeError::Unavailable(format!("{message} ({status})"))
-            }
-            status => ComputeError::Unexpected(format!("{message} ({status})")),
-        }
-    }
+/// A successful answer's body as `T`.
+fn understood<T: DeserializeOwned>(what: &str, answer: &Answer) -> Result<T, ComputeError> {
+    answer.json().map_err(|e| {
+        ComputeError::Unexpected(context(
+            format!("{what}: the compute service's answer is not understood"),
+            e,
+        ))
+    })
 }
 
 #[async_trait]
@@ -337,24 +258,26 @@ impl Compute for HttpCompute {
             )
             .await?;
         if answer.status != StatusCode::OK {
-            return Err(self.failure(WHAT, &answer));
+            return Err(failure(WHAT, &answer));
         }
-        let body: SubnetBody = answer.json(WHAT)?;
-        let bad = |field: &str, value: &str| {
-            ComputeError::Unexpected(format!("{WHAT}: {field} {value:?} is not a CIDR"))
+        let body: SubnetBody = understood(WHAT, &answer)?;
+        let bad = |field: &str, value: &str, e: ipnet::AddrParseError| {
+            ComputeError::Unexpected(context(
+                format!("{WHAT}: {field} {value:?} is not a CIDR"),
+                e,
+            ))
         };
         let ipv4_cidr: Ipv4Net = body
             .ipv4_cidr
             .parse()
-            .map_err(|_| bad("ipv4_cidr", &body.ipv4_cidr))?;
+            .map_err(|e| bad("ipv4_cidr", &body.ipv4_cidr, e))?;
         let ipv6_cidr: Option<Ipv6Net> = body
             .ipv6_cidr
             .as_deref()
-            .map(|v| v.parse().map_err(|_| bad("ipv6_cidr", v)))
+            .map(|v| v.parse().map_err(|e| bad("ipv6_cidr", v, e)))
             .transpose()?;
         Ok(Subnet {
-            id: SubnetId::parse(&body.id)
-                .map_err(|e| ComputeError::Unexpected(format!("{WHAT}: {e}")))?,
+            id: SubnetId::parse(&body.id).map_err(|e| unexpected_id(WHAT, e))?,
             ipv4_cidr,
             ipv6_cidr,
         })
@@ -380,11 +303,10 @@ impl Compute for HttpCompute {
             )
             .await?;
         if answer.status != StatusCode::CREATED {
-            return Err(self.failure(WHAT, &answer));
+            return Err(failure(WHAT, &answer));
         }
-        let created: IdBody = answer.json(WHAT)?;
-        SecurityGroupId::parse(&created.id)
-            .map_err(|e| ComputeError::Unexpected(format!("{WHAT}: {e}")))
+        let created: IdBody = understood(WHAT, &answer)?;
+        SecurityGroupId::parse(&created.id).map_err(|e| unexpected_id(WHAT, e))
     }
 
     async fn add_ingress_rule(
@@ -407,7 +329,7 @@ impl Compute for HttpCompute {
             .send(WHAT, Method::POST, &path, Some(&body), None, Retry::Never)
             .await?;
         if answer.status != StatusCode::CREATED {
-            return Err(self.failure(WHAT, &answer));
+            return Err(failure(WHAT, &answer));
         }
         Ok(())
     }
@@ -440,10 +362,10 @@ impl Compute for HttpCompute {
             )
             .await?;
         if !matches!(answer.status, StatusCode::CREATED | StatusCode::OK) {
-            return Err(self.failure(WHAT, &answer));
+            return Err(failure(WHAT, &answer));
         }
-        let created: IdBody = answer.json(WHAT)?;
-        VmId::parse(&created.id).map_err(|e| ComputeError::Unexpected(format!("{WHAT}: {e}")))
+        let created: IdBody = understood(WHAT, &answer)?;
+        VmId::parse(&created.id).map_err(|e| unexpected_id(WHAT, e))
     }
 
     async fn delete_vm(&self, id: &VmId) -> Result<(), ComputeError> {
@@ -455,7 +377,7 @@ impl Compute for HttpCompute {
         match answer.status {
             // Gone already: what a retry after a lost answer sees.
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(self.failure(WHAT, &answer)),
+            _ => Err(failure(WHAT, &answer)),
         }
     }
 
@@ -467,7 +389,10 @@ impl Compute for HttpCompute {
             .await?;
         match answer.status {
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(self.failure(WHAT, &answer)),
+            _ => Err(failure(WHAT, &answer)),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

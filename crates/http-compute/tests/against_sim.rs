@@ -12,6 +12,7 @@ use plinth_compute_sim::store::SubnetSeed;
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_domain::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
+use plinth_domain::ports::Chain;
 use plinth_domain::ports::compute::{
     Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol,
 };
@@ -47,8 +48,8 @@ impl Fixture {
         settings.subnets.push(tiny_subnet());
         let sim = start(settings).await.unwrap();
         let mut client = HttpComputeSettings::new(&sim.base_url(), SecretText::new(TOKEN));
-        client.request_timeout = Duration::from_secs(2);
-        client.backoff_base = Duration::from_millis(20);
+        client.request_timeout_ms = 2000;
+        client.backoff_base_ms = 20;
         let compute = HttpCompute::new(adjust(client)).unwrap();
         Self { db, sim, compute }
     }
@@ -217,7 +218,7 @@ async fn a_refused_request_carries_the_services_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
     let f = Fixture::start_with(|mut s| {
-        s.request_timeout = Duration::from_millis(500);
+        s.request_timeout_ms = 500;
         s
     })
     .await;
@@ -265,6 +266,12 @@ async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
         .await
         .unwrap_err();
     assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    let why = Chain(&err).to_string();
+    assert!(
+        why.starts_with("compute service unavailable: reading a VM: ")
+            && why.ends_with("(503 Service Unavailable)"),
+        "{why}"
+    );
     bounded(started, Duration::from_secs(3));
     let err = f.compute.delete_security_group(&g).await.unwrap_err();
     assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
@@ -277,6 +284,11 @@ async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
         .await
         .unwrap_err();
     assert!(matches!(err, ComputeError::Timeout(_)), "{err}");
+    let why = Chain(&err).to_string();
+    assert!(
+        why.starts_with("compute call timed out: deleting a VM: no answer within 500ms: "),
+        "{why}"
+    );
     bounded(started, Duration::from_secs(4));
 
     let (_, state) = {
@@ -305,7 +317,7 @@ async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_credentials_and_a_dead_service_are_reported_as_such() {
     let f = Fixture::start_with(|mut s| {
-        s.token = SecretText::new("not-the-token");
+        s.token = Some(SecretText::new("not-the-token"));
         s
     })
     .await;
@@ -322,7 +334,7 @@ async fn wrong_credentials_and_a_dead_service_are_reported_as_such() {
     let base = f.sim.base_url();
     f.sim.stop().await;
     let mut settings = HttpComputeSettings::new(&base, SecretText::new(TOKEN));
-    settings.backoff_base = Duration::from_millis(10);
+    settings.backoff_base_ms = 10;
     let dead = HttpCompute::new(settings).unwrap();
     let started = Instant::now();
     let err = dead
@@ -330,6 +342,13 @@ async fn wrong_credentials_and_a_dead_service_are_reported_as_such() {
         .await
         .unwrap_err();
     assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    // The cause is reqwest's, with the address that refused.
+    let why = Chain(&err).to_string();
+    assert!(
+        why.starts_with("compute service unavailable: reading a subnet: "),
+        "{why}"
+    );
+    assert!(why.contains(base.trim_start_matches("http://")), "{why}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 

@@ -29,7 +29,8 @@ async fn founding_five_nodes_creates_the_vms_concurrently_on_the_real_compute_se
     };
 
     let started = Instant::now();
-    let founded = use_case.found(&org, request).await.unwrap();
+    let spec = request.validate(&use_case.settings().defaults).unwrap();
+    let founded = use_case.found(&org, spec).await.unwrap();
     let total = started.elapsed();
 
     let creations = compute.take_creations();

@@ -5,32 +5,35 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plinth_domain::FoundCluster;
 use plinth_domain::model::SecretText;
+use plinth_domain::ports::Chain;
 use plinth_domain::ports::dns::{AddressRecords, Dns, DnsError};
+use plinth_http_compute::{HttpCompute, HttpComputeSettings};
 use plinth_http_dns::{PowerDns, PowerDnsSettings};
 use plinth_testkit::pdns::PowerDnsServer;
-
-const ZONE: &str = "k8s.plinth.test";
+use plinth_testkit::{COMPUTE_TOKEN, FoundingStack, ZONE, signal};
 
 trait Adapter {
-    fn settings(&self, zone: &str) -> PowerDnsSettings;
+    fn settings(&self) -> PowerDnsSettings;
     async fn adapter_with_zone(&self) -> PowerDns;
 }
 
 impl Adapter for PowerDnsServer {
-    fn settings(&self, zone: &str) -> PowerDnsSettings {
+    fn settings(&self) -> PowerDnsSettings {
         let mut settings =
-            PowerDnsSettings::new(&self.api_url(), SecretText::new(self.api_key.clone()), zone);
-        settings.request_timeout = Duration::from_millis(800);
+            PowerDnsSettings::new(&self.api_url(), SecretText::new(self.api_key.clone()));
+        settings.request_timeout_ms = 800;
+        settings.nameservers = vec!["ns1.plinth.test".to_owned()];
         settings
     }
 
     async fn adapter_with_zone(&self) -> PowerDns {
-        let dns = PowerDns::new(self.settings(ZONE)).unwrap();
-        dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap();
+        let dns = PowerDns::new(self.settings(), ZONE).unwrap();
+        dns.ensure_zone().await.unwrap();
         dns
     }
 }
@@ -54,15 +57,10 @@ const NAME: &str = "api.cluster-1.k8s.plinth.test";
 #[tokio::test(flavor = "multi_thread")]
 async fn published_records_answer_real_queries_then_are_replaced_then_deleted() {
     let server = PowerDnsServer::start();
-    let dns = PowerDns::new(server.settings(ZONE)).unwrap();
-    assert!(
-        dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap(),
-        "the zone is created"
-    );
-    assert!(
-        !dns.ensure_zone(&["ns1.plinth.test"]).await.unwrap(),
-        "and only once"
-    );
+    let dns = PowerDns::new(server.settings(), ZONE).unwrap();
+    assert_eq!(dns.zone(), "k8s.plinth.test.");
+    assert!(dns.ensure_zone().await.unwrap(), "the zone is created");
+    assert!(!dns.ensure_zone().await.unwrap(), "and only once");
 
     dns.upsert_address_records(&records(
         NAME,
@@ -103,9 +101,9 @@ async fn published_records_answer_real_queries_then_are_replaced_then_deleted() 
 async fn a_wrong_api_key_is_unauthorized() {
     let server = PowerDnsServer::start();
     server.adapter_with_zone().await;
-    let mut settings = server.settings(ZONE);
-    settings.api_key = SecretText::new("not-the-key");
-    let dns = PowerDns::new(settings).unwrap();
+    let mut settings = server.settings();
+    settings.api_key = Some(SecretText::new("not-the-key"));
+    let dns = PowerDns::new(settings, ZONE).unwrap();
     let err = dns
         .upsert_address_records(&records(NAME, &["192.0.2.1"], &[]))
         .await
@@ -117,7 +115,7 @@ async fn a_wrong_api_key_is_unauthorized() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_zone_is_zone_not_found() {
     let server = PowerDnsServer::start();
-    let dns = PowerDns::new(server.settings("absent.plinth.test")).unwrap();
+    let dns = PowerDns::new(server.settings(), "absent.plinth.test").unwrap();
     let err = dns
         .upsert_address_records(&records("api.absent.plinth.test", &["192.0.2.1"], &[]))
         .await
@@ -146,27 +144,20 @@ async fn a_stopped_server_is_unavailable_and_a_frozen_one_times_out_within_the_b
 
     // Frozen (our own process): it accepts connections and never answers.
     let pid = server.pid();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&[&pid], "-STOP");
     let started = Instant::now();
     let err = dns
         .upsert_address_records(&records(NAME, &["192.0.2.1"], &[]))
         .await
         .unwrap_err();
     let took = started.elapsed();
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&[&pid], "-CONT");
     assert!(matches!(err, DnsError::Timeout(_)), "{err}");
+    let why = Chain(&err).to_string();
+    assert!(
+        why.starts_with("DNS call timed out: publishing records: no answer within 800ms: "),
+        "{why}"
+    );
     // Two attempts of 800 ms, and a pause between them.
     assert!(took < Duration::from_secs(3), "took {took:?}");
 
@@ -180,19 +171,8 @@ async fn a_stopped_server_is_unavailable_and_a_frozen_one_times_out_within_the_b
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
-    use std::sync::Arc;
-
-    use plinth_domain::model::{ClusterRequest, OrgId};
-    use plinth_domain::ports::repo::Repo;
-    use plinth_http_compute::{HttpCompute, HttpComputeSettings};
-    use plinth_testkit::{COMPUTE_TOKEN, FoundingStack};
-
-    let server = PowerDnsServer::start();
-    let dns = server.adapter_with_zone().await;
-    server.script("stop");
-
+/// A founding stack and its use case, founding through the HTTP compute adapter and `dns`.
+async fn founding_with(dns: PowerDns) -> (FoundingStack, FoundCluster) {
     let stack = FoundingStack::start(&[]).await;
     let compute = HttpCompute::new(HttpComputeSettings::new(
         &stack.sim.base_url(),
@@ -200,6 +180,19 @@ async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
     ))
     .unwrap();
     let use_case = stack.use_case(Arc::new(compute), Some(Arc::new(dns)));
+    (stack, use_case)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
+    use plinth_domain::model::{ClusterRequest, OrgId};
+    use plinth_domain::ports::repo::Repo;
+
+    let server = PowerDnsServer::start();
+    let dns = server.adapter_with_zone().await;
+    server.script("stop");
+
+    let (stack, use_case) = founding_with(dns).await;
     let org = OrgId::parse("org-a").unwrap();
     let founded = use_case
         .found(
@@ -207,7 +200,9 @@ async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
             ClusterRequest {
                 control_plane_count: Some(1),
                 ..ClusterRequest::default()
-            },
+            }
+            .validate(&use_case.settings().defaults)
+            .unwrap(),
         )
         .await
         .expect("a DNS failure must not stop the founding");
@@ -238,23 +233,16 @@ async fn a_founding_with_powerdns_down_still_founds_and_says_why_dns_failed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_founding_publishes_the_control_plane_name_in_powerdns() {
-    use std::sync::Arc;
-
     use plinth_domain::model::{ClusterRequest, OrgId};
-    use plinth_http_compute::{HttpCompute, HttpComputeSettings};
-    use plinth_testkit::{COMPUTE_TOKEN, FoundingStack};
 
     let server = PowerDnsServer::start();
     let dns = server.adapter_with_zone().await;
-    let stack = FoundingStack::start(&[]).await;
-    let compute = HttpCompute::new(HttpComputeSettings::new(
-        &stack.sim.base_url(),
-        SecretText::new(COMPUTE_TOKEN),
-    ))
-    .unwrap();
-    let use_case = stack.use_case(Arc::new(compute), Some(Arc::new(dns)));
+    let (_stack, use_case) = founding_with(dns).await;
+    let spec = ClusterRequest::default()
+        .validate(&use_case.settings().defaults)
+        .unwrap();
     let founded = use_case
-        .found(&OrgId::parse("org-a").unwrap(), ClusterRequest::default())
+        .found(&OrgId::parse("org-a").unwrap(), spec)
         .await
         .unwrap();
     assert!(founded.dns_configured, "{:?}", founded.dns_error);

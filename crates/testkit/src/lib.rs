@@ -1,10 +1,18 @@
 //! Fixtures for plinth's cross-crate tests and benchmarks: a founding stack on real components —
 //! a throwaway PostgreSQL database, the compute service on loopback, the PostgreSQL repository
-//! and the x509 PKI — so a test adds only the adapter it is about.
+//! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS per test
+//! ([`pdns`]); and the helpers for driving external programs ([`process`]).
+//!
+//! Fixtures in the domain's own types (founding settings, stand-in certificates) live in
+//! `plinth_domain::testing` instead, because the domain's unit tests use them too.
 
 #![allow(clippy::unwrap_used)] // a fixture that cannot start must stop the test loudly
 
 pub mod pdns;
+pub mod process;
+
+pub use plinth_domain::testing::ZONE;
+pub use process::{Process, free_port, output_text, require, run, signal, wait_for_port};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +21,15 @@ use plinth_compute_sim::faults::{FaultRule, Operation};
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
-use plinth_domain::found_cluster::{BootstrapBaseUrl, FoundCluster, FoundingSettings};
-use plinth_domain::model::{
-    ClusterDefaults, DnsZone, FlavorId, ImageId, Networking, SecretText, SubnetId,
-};
+use plinth_domain::found_cluster::{FoundCluster, FoundingSettings};
+use plinth_domain::model::SecretText;
 use plinth_domain::ports::compute::Compute;
 use plinth_domain::ports::dns::Dns;
+use plinth_domain::testing::founding_settings;
 use plinth_x509_pki::{PkiSettings, X509Pki};
 
 /// The compute service's token in fixtures.
 pub const COMPUTE_TOKEN: &str = "test-compute-token";
-/// The DNS zone of fixture foundings.
-pub const ZONE: &str = "k8s.plinth.test";
 /// A master key for sealing fixture keys (32 bytes of 0x01, base64).
 pub const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 
@@ -59,20 +64,14 @@ impl FoundingStack {
         Self { db, sim, repo, pki }
     }
 
-    /// Founding settings for the compute service's `subnet-local`.
+    /// The domain's test settings ([`ZONE`], the compute service's `subnet-local`), with a
+    /// deadline and poll for a real compute service, which gives addresses within milliseconds:
+    /// a short poll keeps the founding's timing the compute service's own.
     pub fn settings() -> FoundingSettings {
         FoundingSettings {
-            defaults: ClusterDefaults {
-                subnet_id: SubnetId::parse("subnet-local").unwrap(),
-                flavor: FlavorId::parse("m1.medium").unwrap(),
-                image: ImageId::parse("debian-12").unwrap(),
-            },
-            dns_zone: DnsZone::parse(ZONE).unwrap(),
-            networking: Networking::default(),
-            bootstrap_base_url: BootstrapBaseUrl::parse("http://127.0.0.1:8080").unwrap(),
-            bootstrap_token_ttl: Duration::from_secs(3600),
             vm_address_deadline: Duration::from_secs(10),
             vm_address_poll_interval: Duration::from_millis(50),
+            ..founding_settings()
         }
     }
 

@@ -1,18 +1,10 @@
 //! A real PowerDNS Authoritative server per test (scripts/pdns.sh on private loopback ports and
 //! directory), and `dig` to ask it.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// A free TCP port on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::process::free_port;
 
 /// A PowerDNS of one test's own, stopped and deleted when dropped.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Certificate profiles and issuance: the cluster CAs, serving and client leaves.
 //!
 //! Every rule here is one Go's crypto/x509 or `openssl verify -x509_strict` enforces
-//! (`shared/reference/k8s-pki.md` §3): CAs with critical basicConstraints, keyUsage and an SKI and
+//! (docs/ARCHITECTURE.md §5.4): CAs with critical basicConstraints, keyUsage and an SKI and
 //! no EKU; leaves with AKI, SANs and the EKUs their role needs; the issuer copied from the CA's
 //! subject byte for byte; positive random serials of at most 20 octets; times in canonical form.
 
@@ -18,6 +18,7 @@ use plinth_domain::model::{ClusterId, SubjectAltNames};
 use plinth_domain::ports::pki::{
     CertifiedKey, ClientCertRequest, ClusterCa, PkiError, ServiceAccountKeyPair, ServingCertRequest,
 };
+use plinth_domain::ports::{BoxError, context};
 use spki::SubjectPublicKeyInfoRef;
 use x509_cert::Certificate;
 use x509_cert::attr::AttributeTypeAndValue;
@@ -47,7 +48,7 @@ pub fn create_cluster_ca(
     settings: &PkiSettings,
     cluster: ClusterId,
 ) -> Result<ClusterCa, PkiError> {
-    let unit = format!("cluster-{cluster}");
+    let unit = cluster.label();
     let root_key = KeyPair::generate(settings.key_algorithm)?;
     let root_subject = ca_subject(ROOT_CN, &unit)?;
     let root_cert = issue(
@@ -196,14 +197,15 @@ struct Issuer {
 impl Issuer {
     /// Parses an issuer and checks it can sign: a CA certificate whose key is the given key.
     fn load(issuer: &CertifiedKey) -> Result<Self, PkiError> {
-        let unusable = |why: String| PkiError::UnusableIssuer(why);
+        let unusable = |why: BoxError| PkiError::UnusableIssuer(why);
         let cert = Certificate::from_pem(issuer.cert_pem.as_bytes()).map_err(|e| {
-            unusable(format!(
-                "the issuer certificate is not a PEM certificate: {e}"
+            unusable(context(
+                "the issuer certificate is not a PEM certificate",
+                e,
             ))
         })?;
         let key = KeyPair::from_pkcs8_pem(issuer.key_pem.expose())
-            .map_err(|why| unusable(format!("the issuer key: {why}")))?;
+            .map_err(|why| unusable(context("the issuer key", why)))?;
         if key.spki()? != *cert.tbs_certificate().subject_public_key_info() {
             return Err(unusable(
                 "the issuer key does not belong to the issuer certificate".into(),
@@ -346,21 +348,21 @@ fn issue(
     issuer_key: &KeyPair,
     lifetime: Duration,
 ) -> Result<Certificate, PkiError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| PkiError::Failed(format!("{what}: {e}"));
+    let failed = |what: &str, e: der::Error| PkiError::Failed(context(what, e));
     let now = SystemTime::now();
     let validity = Validity::new(
-        Time::try_from(now - settings.backdate).map_err(|e| failed("notBefore", &e))?,
-        Time::try_from(now + lifetime).map_err(|e| failed("notAfter", &e))?,
+        Time::try_from(now - settings.backdate).map_err(|e| failed("notBefore", e))?,
+        Time::try_from(now + lifetime).map_err(|e| failed("notAfter", e))?,
     );
     let serial = SerialNumber::generate(&mut rand::rng());
     let builder = CertificateBuilder::new(profile, serial, validity, subject_key.spki()?)
-        .map_err(|e| failed("preparing a certificate", &e))?;
+        .map_err(|e| PkiError::Failed(context("preparing a certificate", e)))?;
     issuer_key.sign(builder)
 }
 
 fn to_pem(cert: &Certificate) -> Result<String, PkiError> {
     cert.to_pem(LineEnding::LF)
-        .map_err(|e| PkiError::Failed(format!("encoding a certificate failed: {e}")))
+        .map_err(|e| PkiError::Failed(context("encoding a certificate", e)))
 }
 
 fn ca_subject(common_name: &str, unit: &str) -> Result<Name, PkiError> {

@@ -10,6 +10,7 @@ use pkcs8::{
     DecodePrivateKey, EncodePrivateKey, EncodePublicKey, PrivateKeyInfoRef, SecretDocument,
 };
 use plinth_domain::model::SecretText;
+use plinth_domain::ports::context;
 use plinth_domain::ports::pki::PkiError;
 use sha2::Sha256;
 use spki::SubjectPublicKeyInfoOwned;
@@ -18,7 +19,9 @@ use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 
 /// The key algorithms plinth issues with: kubeadm's `encryptionAlgorithm` set, minus P-384.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Configured by name: `ecdsa-p256`, `rsa-2048`, `rsa-3072`, `rsa-4096`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum KeyAlgorithm {
     /// ECDSA on P-256 with SHA-256: fast, and accepted by every Kubernetes component.
     EcdsaP256,
@@ -70,6 +73,14 @@ impl FromStr for KeyAlgorithm {
     }
 }
 
+impl TryFrom<String> for KeyAlgorithm {
+    type Error = UnknownKeyAlgorithm;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
 /// A private key. Both variants wipe their secret material on drop.
 pub(crate) enum KeyPair {
     P256(p256::ecdsa::SigningKey),
@@ -100,7 +111,7 @@ impl KeyPair {
         };
         rsa::PrivateKey::new(&mut rand::rng(), bits)
             .map(|key| Self::Rsa(Box::new(key)))
-            .map_err(|e| PkiError::Failed(format!("generating an RSA-{bits} key failed: {e}")))
+            .map_err(|e| PkiError::Failed(context(format!("generating an RSA-{bits} key"), e)))
     }
 
     /// Reads a PKCS#8 PEM private key (P-256 or RSA).
@@ -133,7 +144,7 @@ impl KeyPair {
             Self::P256(key) => key.to_pkcs8_pem(LineEnding::LF),
             Self::Rsa(key) => key.to_pkcs8_pem(LineEnding::LF),
         }
-        .map_err(|e| PkiError::Failed(format!("encoding a private key failed: {e}")))?;
+        .map_err(|e| PkiError::Failed(context("encoding a private key", e)))?;
         // `pem` is Zeroizing and wipes itself; the copy lives in a SecretText, which does too.
         Ok(SecretText::new(pem.as_str()))
     }
@@ -144,7 +155,7 @@ impl KeyPair {
             Self::P256(key) => key.verifying_key().to_public_key_pem(LineEnding::LF),
             Self::Rsa(key) => key.to_public_key().to_public_key_pem(LineEnding::LF),
         }
-        .map_err(|e| PkiError::Failed(format!("encoding a public key failed: {e}")))
+        .map_err(|e| PkiError::Failed(context("encoding a public key", e)))
     }
 
     /// The public key as it goes into a certificate.
@@ -153,7 +164,7 @@ impl KeyPair {
             Self::P256(key) => SubjectPublicKeyInfoOwned::from_key(key.verifying_key()),
             Self::Rsa(key) => SubjectPublicKeyInfoOwned::from_key(&key.to_public_key()),
         }
-        .map_err(|e| PkiError::Failed(format!("encoding a public key failed: {e}")))
+        .map_err(|e| PkiError::Failed(context("encoding a public key", e)))
     }
 
     /// RSA keys also do key encipherment (TLS RSA key exchange); kubeadm sets it for them.
@@ -173,7 +184,7 @@ impl KeyPair {
                 builder.build::<_, rsa::pkcs1v15::Signature>(&signer)
             }
         }
-        .map_err(|e| PkiError::Failed(format!("signing a certificate failed: {e}")))
+        .map_err(|e| PkiError::Failed(context("signing a certificate", e)))
     }
 }
 

@@ -13,6 +13,7 @@ mod settings;
 
 use async_trait::async_trait;
 use plinth_domain::model::ClusterId;
+use plinth_domain::ports::context;
 use plinth_domain::ports::pki::{
     CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError, ServiceAccountKeyPair,
     ServingCertRequest,
@@ -47,7 +48,7 @@ impl X509Pki {
         let settings = self.settings.clone();
         tokio::task::spawn_blocking(move || work(&settings))
             .await
-            .map_err(|e| PkiError::Failed(format!("the signing task did not finish: {e}")))?
+            .map_err(|e| PkiError::Failed(context("the signing task did not finish", e)))?
     }
 }
 
@@ -88,6 +89,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use plinth_domain::model::ClusterId;
+    use plinth_domain::ports::Chain;
     use plinth_domain::ports::pki::Pki;
 
     use super::*;
@@ -143,11 +145,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, PkiError::UnusableIssuer(_)), "{err}");
-        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(Chain(&err).to_string().contains("does not belong"), "{err}");
 
         let leaf = pki.sign_client_cert(&ca.root, &request).await.unwrap();
         let err = pki.sign_client_cert(&leaf, &request).await.unwrap_err();
-        assert!(err.to_string().contains("not a CA"), "{err}");
+        assert!(Chain(&err).to_string().contains("not a CA"), "{err}");
 
         let garbage = CertifiedKey {
             cert_pem: "nonsense".into(),

@@ -1,22 +1,34 @@
-//! What a deployment configures about its trust material.
+//! What a deployment configures about its trust material: the `[pki]` section.
 
 use std::time::Duration;
 
+use plinth_domain::settings::SettingsError;
+use serde::{Deserialize, Deserializer};
+
 use crate::keys::KeyAlgorithm;
 
-/// Key algorithms and lifetimes of the certificates plinth issues.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Key algorithms and lifetimes of the certificates plinth issues. Every key of `[pki]` is
+/// optional; what is left out keeps kubeadm's default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PkiSettings {
     /// CAs and leaves: ECDSA P-256 by default.
     pub key_algorithm: KeyAlgorithm,
     /// The service-account signer: RSA-2048 by default (what every OIDC consumer accepts).
     pub service_account_key_algorithm: KeyAlgorithm,
-    /// CA lifetime: 10 years by default (kubeadm's).
+    /// CA lifetime: 10 years by default (kubeadm's). Configured in days.
+    #[serde(rename = "ca_validity_days", deserialize_with = "days")]
     pub ca_validity: Duration,
-    /// Leaf lifetime: 1 year by default (kubeadm's).
+    /// Leaf lifetime: 1 year by default (kubeadm's). Configured in days.
+    #[serde(rename = "leaf_validity_days", deserialize_with = "days")]
     pub leaf_validity: Duration,
     /// How far notBefore lies in the past, for clients whose clocks run behind: 5 minutes.
+    #[serde(skip)]
     pub backdate: Duration,
+}
+
+fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(|days| Duration::from_secs(days.saturating_mul(86_400)))
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -37,13 +49,13 @@ impl Default for PkiSettings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PkiSettingsError {
     /// A lifetime of zero, or beyond what X.509 times can express sensibly.
-    #[error("{setting} must be between 1 hour and 100 years")]
+    #[error("{setting} must be between 1 day and 100 years")]
     Lifetime {
         /// The setting's name.
         setting: &'static str,
     },
     /// Leaves would outlive the CA that signed them.
-    #[error("leaf_validity must not exceed ca_validity")]
+    #[error("leaf_validity_days must not exceed ca_validity_days")]
     LeafOutlivesCa,
     /// notBefore further back than a day helps no clock and widens the window for misuse.
     #[error("backdate must be at most 1 day")]
@@ -53,15 +65,15 @@ pub enum PkiSettingsError {
 impl PkiSettings {
     /// Checks the settings make sense together.
     pub fn validate(&self) -> Result<(), PkiSettingsError> {
-        let sane = |d: Duration| d >= Duration::from_secs(3600) && d <= DAY * 36525;
+        let sane = |d: Duration| d >= DAY && d <= DAY * 36525;
         if !sane(self.ca_validity) {
             return Err(PkiSettingsError::Lifetime {
-                setting: "ca_validity",
+                setting: "ca_validity_days",
             });
         }
         if !sane(self.leaf_validity) {
             return Err(PkiSettingsError::Lifetime {
-                setting: "leaf_validity",
+                setting: "leaf_validity_days",
             });
         }
         if self.leaf_validity > self.ca_validity {
@@ -71,6 +83,21 @@ impl PkiSettings {
             return Err(PkiSettingsError::Backdate);
         }
         Ok(())
+    }
+
+    /// [`Self::validate`], naming the configuration key within `[pki]`.
+    ///
+    /// # Errors
+    /// As for [`Self::validate`].
+    pub fn check(&self) -> Result<(), SettingsError> {
+        self.validate().map_err(|e| {
+            let key = match &e {
+                PkiSettingsError::Lifetime { setting } => *setting,
+                PkiSettingsError::LeafOutlivesCa => "leaf_validity_days",
+                PkiSettingsError::Backdate => "backdate",
+            };
+            SettingsError::new(key, e)
+        })
     }
 }
 
@@ -94,12 +121,13 @@ mod tests {
         };
         assert_eq!(
             bad.validate().unwrap_err().to_string(),
-            "leaf_validity must be between 1 hour and 100 years"
+            "leaf_validity_days must be between 1 day and 100 years"
         );
         let outlives = PkiSettings {
             leaf_validity: DAY * 4000,
             ..PkiSettings::default()
         };
         assert_eq!(outlives.validate(), Err(PkiSettingsError::LeafOutlivesCa));
+        assert_eq!(outlives.check().unwrap_err().key, "leaf_validity_days");
     }
 }

@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use plinth_domain::ports::pki::{CertifiedKey, ClientCertRequest};
+use plinth_testkit::{Process, output_text, run, wait_for_port};
 use plinth_x509_pki::{KeyAlgorithm, sign_client_cert};
-use support::{Process, Scratch, TrustSet, path_str, run, settings, text, wait_for_port};
+use support::{Scratch, TrustSet, path_str, settings};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
@@ -21,7 +22,7 @@ struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts one member per node with kubeadm's flags (k8s-pki.md §5), trusting only etcd-ca.
+    /// Starts one member per node with kubeadm's flags (docs/ARCHITECTURE.md §5.5), trusting only etcd-ca.
     fn start(scratch: &Scratch, set: &TrustSet) -> Self {
         let ca = scratch.write("etcd/ca.crt", &set.ca.etcd.cert_pem);
         let initial_cluster = set
@@ -56,7 +57,7 @@ impl EtcdCluster {
                 "--initial-cluster-state",
                 "new",
                 "--initial-cluster-token",
-                &format!("cluster-{}", set.cluster),
+                &set.cluster.label(),
                 "--cert-file",
                 path_str(&crt),
                 "--key-file",
@@ -169,7 +170,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
     assert!(
         health.status.success(),
         "etcd did not become healthy:\n{}\n{}",
-        text(&health),
+        output_text(&health),
         log_tails(&scratch)
     );
     let healthy = String::from_utf8_lossy(&health.stdout).to_string()
@@ -189,7 +190,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
         &["member", "list"],
     );
     let listed = String::from_utf8_lossy(&members.stdout);
-    assert_eq!(listed.lines().count(), 3, "{}", text(&members));
+    assert_eq!(listed.lines().count(), 3, "{}", output_text(&members));
     for node in &set.nodes {
         assert!(listed.contains(node.name.as_str()), "{listed}");
     }
@@ -202,7 +203,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
         "client",
         &["put", "/plinth/test", &value],
     );
-    assert!(put.status.success(), "{}", text(&put));
+    assert!(put.status.success(), "{}", output_text(&put));
     // Read back from each member on its own: every member's serving cert and IP SAN work.
     for endpoint in &cluster.endpoints {
         let get = etcdctl(
@@ -212,7 +213,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
             "client",
             &["get", "/plinth/test", "--print-value-only"],
         );
-        assert!(get.status.success(), "{endpoint}: {}", text(&get));
+        assert!(get.status.success(), "{endpoint}: {}", output_text(&get));
         assert_eq!(
             String::from_utf8_lossy(&get.stdout).trim(),
             value,
@@ -240,12 +241,12 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
     assert!(
         !refused.status.success(),
         "etcd let a root-signed client in:\n{}",
-        text(&refused)
+        output_text(&refused)
     );
     assert!(
         !String::from_utf8_lossy(&refused.stdout).contains(&value),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     let member_log = std::fs::read_to_string(scratch.path("member-1.log")).unwrap();
     assert!(
@@ -267,7 +268,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
     assert!(
         !admin.status.success(),
         "etcd let the admin cert in:\n{}",
-        text(&admin)
+        output_text(&admin)
     );
 
     cluster.stop();

@@ -12,10 +12,9 @@ use std::time::Duration;
 use plinth_domain::found_cluster::{KubeconfigSpec, render_kubeconfig};
 use plinth_domain::model::SubjectAltNames;
 use plinth_domain::ports::pki::{CertifiedKey, ServingCertRequest};
+use plinth_testkit::{Process, free_port, output_text, run, wait_for_port};
 use plinth_x509_pki::{KeyAlgorithm, sign_serving_cert};
-use support::{
-    Process, Scratch, TrustSet, free_port, path_str, run, settings, text, wait_for_port,
-};
+use support::{Scratch, TrustSet, path_str, settings};
 
 const VERSION_JSON: &str =
     r#"{"major":"1","minor":"32","gitVersion":"v1.32.0-plinth-test","platform":"linux/amd64"}"#;
@@ -74,7 +73,7 @@ fn write_kubeconfig(
     client: &CertifiedKey,
 ) -> String {
     let server = format!("https://{}:6443", set.names.control_plane);
-    let cluster_name = format!("cluster-{}", set.cluster);
+    let cluster_name = set.cluster.label();
     let user_name = format!("{cluster_name}-admin");
     let yaml = render_kubeconfig(&KubeconfigSpec {
         cluster_name: &cluster_name,
@@ -129,10 +128,14 @@ fn kubectl_completes_mutual_tls(algorithm: KeyAlgorithm) {
     assert!(
         output.status.success(),
         "kubectl failed:\n{}",
-        text(&output)
+        output_text(&output)
     );
     let body = String::from_utf8_lossy(&output.stdout);
-    assert!(body.contains("v1.32.0-plinth-test"), "{}", text(&output));
+    assert!(
+        body.contains("v1.32.0-plinth-test"),
+        "{}",
+        output_text(&output)
+    );
 }
 
 #[test]
@@ -173,13 +176,13 @@ fn kubectl_refuses_a_server_cert_without_the_shared_name() {
     assert!(
         !output.status.success(),
         "kubectl accepted it:\n{}",
-        text(&output)
+        output_text(&output)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("certificate is valid for") && stderr.contains(&set.names.control_plane),
         "kubectl failed for another reason:\n{}",
-        text(&output)
+        output_text(&output)
     );
 }
 
@@ -198,13 +201,13 @@ fn the_server_refuses_a_client_cert_from_another_clusters_ca() {
     assert!(
         !output.status.success(),
         "the foreign client was let in:\n{}",
-        text(&output)
+        output_text(&output)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("tls") || stderr.contains("certificate"),
         "kubectl failed for another reason:\n{}",
-        text(&output)
+        output_text(&output)
     );
     let log = std::fs::read_to_string(scratch.path("apiserver.log")).unwrap_or_default();
     assert!(

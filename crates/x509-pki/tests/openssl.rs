@@ -1,13 +1,14 @@
 //! OpenSSL accepts what the adapter issues: `openssl verify -x509_strict` on every chain, and
-//! `openssl x509 -text` shows the exact SANs, EKUs and key usages of DESIGN.md §4.
+//! `openssl x509 -text` shows the exact SANs, EKUs and key usages of docs/ARCHITECTURE.md §5.
 
 mod support;
 
 use std::time::{Duration, SystemTime};
 
 use der::{DecodePem, Encode};
+use plinth_testkit::{output_text, run};
 use plinth_x509_pki::KeyAlgorithm;
-use support::{Scratch, TrustSet, path_str, run, text};
+use support::{Scratch, TrustSet, path_str};
 use x509_cert::Certificate;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -17,7 +18,11 @@ fn openssl(args: &[&str]) -> std::process::Output {
 }
 
 fn assert_ok(output: &std::process::Output, what: &str) -> String {
-    assert!(output.status.success(), "{what} failed:\n{}", text(output));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        output_text(output)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -162,28 +167,28 @@ fn verification_fails_without_the_intermediate_or_across_clusters() {
     assert!(
         !no_intermediate.status.success(),
         "{}",
-        text(&no_intermediate)
+        output_text(&no_intermediate)
     );
     let wrong_intermediate = verify(&scratch, "etcd-1.crt", Some("other-etcd-ca.crt"), &[]);
     assert!(
         !wrong_intermediate.status.success(),
         "{}",
-        text(&wrong_intermediate)
+        output_text(&wrong_intermediate)
     );
     let foreign = verify(&scratch, "other-admin.crt", None, &[]);
-    assert!(!foreign.status.success(), "{}", text(&foreign));
+    assert!(!foreign.status.success(), "{}", output_text(&foreign));
     let wrong_name = verify(
         &scratch,
         "apiserver-1.crt",
         None,
         &["-verify_hostname", "api.cluster-other.k8s.plinth.test"],
     );
-    assert!(!wrong_name.status.success(), "{}", text(&wrong_name));
+    assert!(!wrong_name.status.success(), "{}", output_text(&wrong_name));
     let client_as_server = verify(&scratch, "admin.crt", None, &["-purpose", "sslserver"]);
     assert!(
         !client_as_server.status.success(),
         "{}",
-        text(&client_as_server)
+        output_text(&client_as_server)
     );
 }
 

@@ -1,4 +1,4 @@
-//! Static pod manifests for the stacked control plane, with kubeadm's flags (k8s-pki.md §5).
+//! Static pod manifests for the stacked control plane, with kubeadm's flags (docs/ARCHITECTURE.md §5.5).
 
 use std::collections::BTreeMap;
 
@@ -170,7 +170,7 @@ pub(super) fn render(
             ("initial-advertise-peer-urls", format!("https://{ip}:2380")),
             ("initial-cluster", initial_cluster),
             ("initial-cluster-state", "new".into()),
-            ("initial-cluster-token", format!("cluster-{}", m.cluster_id)),
+            ("initial-cluster-token", m.cluster_id.label()),
             ("cert-file", format!("{PKI}/etcd/server.crt")),
             ("key-file", format!("{PKI}/etcd/server.key")),
             ("peer-cert-file", format!("{PKI}/etcd/peer.crt")),
@@ -260,7 +260,7 @@ pub(super) fn render(
             ("controllers", "*,bootstrapsigner,tokencleaner".into()),
             ("leader-elect", "true".into()),
             ("bind-address", "127.0.0.1".into()),
-            ("cluster-name", format!("cluster-{}", m.cluster_id)),
+            ("cluster-name", m.cluster_id.label()),
             ("allocate-node-cidrs", "true".into()),
             ("cluster-cidr", n.pod_cidr().to_string()),
             ("service-cluster-ip-range", n.service_cidr().to_string()),

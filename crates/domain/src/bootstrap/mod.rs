@@ -1,4 +1,4 @@
-//! The boot path (DESIGN.md §6): a node proves it is that node with its bootstrap token and gets
+//! The boot path (docs/ARCHITECTURE.md §6): a node proves it is that node with its bootstrap token and gets
 //! exactly the files it must run, in kubeadm's layout — rendered from persisted rows only,
 //! nothing signed at fetch time.
 
@@ -9,12 +9,15 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::found_cluster::{KubeconfigSpec, render_kubeconfig};
-use crate::model::{ClusterId, InvalidValue, NodeName, SecretText};
-use crate::ports::pki::CertifiedKey;
-use crate::ports::repo::{BootstrapMaterial, Repo};
+use crate::model::{ClusterId, NodeName, SecretText};
+use crate::ports::pki::{CertifiedKey, SharedClientCert};
+use crate::ports::repo::{BootstrapMaterial, Repo, RepoError};
+use crate::settings::SettingsError;
 
-/// What a deployment configures about the control plane its nodes run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a deployment configures about the control plane its nodes run: the `[bootstrap]`
+/// section (check it with [`BundleSettings::checked`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BundleSettings {
     /// e.g. `v1.32.4`: the tag of kube-apiserver, kube-controller-manager and kube-scheduler.
     pub kubernetes_version: String,
@@ -25,12 +28,27 @@ pub struct BundleSettings {
 }
 
 impl BundleSettings {
+    /// The settings as configured, checked; errors name their key within the section.
+    ///
+    /// # Errors
+    /// A value that is not a plain image reference or tag.
+    pub fn checked(self) -> Result<Self, SettingsError> {
+        Self::new(
+            &self.kubernetes_version,
+            &self.image_repository,
+            &self.etcd_image,
+        )
+    }
+
     /// Checks the values are plain image references.
+    ///
+    /// # Errors
+    /// A value that is not a plain image reference or tag, naming its key.
     pub fn new(
         kubernetes_version: &str,
         image_repository: &str,
         etcd_image: &str,
-    ) -> Result<Self, InvalidValue> {
+    ) -> Result<Self, SettingsError> {
         let plain = |what: &str, value: &str| {
             let ok = !value.is_empty()
                 && value.len() <= 255
@@ -40,9 +58,10 @@ impl BundleSettings {
             if ok {
                 Ok(())
             } else {
-                Err(InvalidValue(format!(
-                    "{what} {value:?} is not an image reference or tag"
-                )))
+                Err(SettingsError::new(
+                    what,
+                    format!("{value:?} is not an image reference or tag"),
+                ))
             }
         };
         plain("kubernetes_version", kubernetes_version)?;
@@ -155,18 +174,18 @@ pub fn render_bundle(
     pair(
         &mut files,
         "apiserver-kubelet-client",
-        &m.shared.apiserver_kubelet_client,
+        m.shared.get(SharedClientCert::ApiserverKubeletClient),
     );
     pair(
         &mut files,
         "apiserver-etcd-client",
-        &m.shared.apiserver_etcd_client,
+        m.shared.get(SharedClientCert::ApiserverEtcdClient),
     );
     pair(&mut files, "front-proxy-ca", &m.ca.front_proxy);
     pair(
         &mut files,
         "front-proxy-client",
-        &m.shared.front_proxy_client,
+        m.shared.get(SharedClientCert::FrontProxyClient),
     );
     pair(&mut files, "etcd/ca", &m.ca.etcd);
     pair(&mut files, "etcd/server", &m.etcd_cert);
@@ -174,7 +193,7 @@ pub fn render_bundle(
     pair(
         &mut files,
         "etcd/healthcheck-client",
-        &m.shared.etcd_healthcheck_client,
+        m.shared.get(SharedClientCert::EtcdHealthcheckClient),
     );
 
     let first = m
@@ -186,18 +205,18 @@ pub fn render_bundle(
         first.addresses.ipv4,
         m.networking.api_server_port()
     );
-    let cluster_name = format!("cluster-{}", m.cluster_id);
+    let cluster_name = m.cluster_id.label();
     let kubelet_user = format!("system:node:{}", m.node.name);
     for (name, user, client) in [
         (
             "controller-manager.conf",
-            "system:kube-controller-manager",
-            &m.shared.controller_manager,
+            SharedClientCert::ControllerManager.common_name(),
+            m.shared.get(SharedClientCert::ControllerManager),
         ),
         (
             "scheduler.conf",
-            "system:kube-scheduler",
-            &m.shared.scheduler,
+            SharedClientCert::Scheduler.common_name(),
+            m.shared.get(SharedClientCert::Scheduler),
         ),
         ("kubelet.conf", kubelet_user.as_str(), &m.kubelet_cert),
     ] {
@@ -226,13 +245,14 @@ pub fn render_bundle(
 
 /// Why a bundle was not handed out.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchBundleError {
     /// No such node, or a wrong, expired or other node's token: deliberately one answer.
     #[error("invalid bootstrap token")]
     Unauthorized,
     /// The database could not be read.
-    #[error("cluster truth unavailable: {0}")]
-    Unavailable(String),
+    #[error("cluster truth unavailable")]
+    Unavailable(#[source] RepoError),
     /// The stored rows cannot make a bundle.
     #[error("the bundle cannot be rendered: {0}")]
     Unrenderable(String),
@@ -272,7 +292,7 @@ impl FetchBundle {
             .repo
             .bootstrap_material(cluster, &node)
             .await
-            .map_err(|e| FetchBundleError::Unavailable(e.to_string()))?
+            .map_err(FetchBundleError::Unavailable)?
             .ok_or(FetchBundleError::Unauthorized)?;
         // The hash comparison is constant-time; expiry is checked after it either way.
         let genuine = material.bootstrap_token_hash.matches(token);

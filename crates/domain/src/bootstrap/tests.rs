@@ -8,18 +8,10 @@ use uuid::Uuid;
 use yaml_serde::Value;
 
 use super::*;
-use crate::model::{BootstrapToken, Networking, NodeAddresses, NodeOrdinal, VmId};
-use crate::ports::pki::{ClusterCa, ServiceAccountKeyPair};
-use crate::ports::repo::{MockRepo, NodePlacement, RepoError, SharedClientCerts};
-
-fn cert(label: &str) -> CertifiedKey {
-    CertifiedKey {
-        cert_pem: format!("-----BEGIN CERTIFICATE-----\n{label}\n-----END CERTIFICATE-----\n"),
-        key_pem: SecretText::new(format!(
-            "-----BEGIN PRIVATE KEY-----\n{label}\n-----END PRIVATE KEY-----\n"
-        )),
-    }
-}
+use crate::model::{BootstrapToken, ClusterDnsNames, Networking, NodeAddresses, NodeOrdinal, VmId};
+use crate::ports::pki::SharedClientCerts;
+use crate::ports::repo::{MockRepo, NodePlacement, RepoError};
+use crate::testing::{cluster_ca_with, founding_settings, pem_certified, pem_service_account};
 
 fn cluster() -> ClusterId {
     ClusterId::from_uuid(Uuid::from_u128(0xabc))
@@ -44,31 +36,19 @@ fn material(of: u8, token: &BootstrapToken, expires_at: OffsetDateTime) -> Boots
     BootstrapMaterial {
         cluster_id: cluster(),
         networking: Networking::default(),
-        control_plane_dns_name: format!("api.cluster-{}.k8s.test", cluster()),
-        ca: ClusterCa {
-            root: cert("ca"),
-            etcd: cert("etcd-ca"),
-            front_proxy: cert("front-proxy-ca"),
-        },
-        service_account: ServiceAccountKeyPair {
-            public_key_pem: "-----BEGIN PUBLIC KEY-----\nsa\n-----END PUBLIC KEY-----\n".into(),
-            private_key_pem: SecretText::new(
-                "-----BEGIN PRIVATE KEY-----\nsa\n-----END PRIVATE KEY-----\n",
-            ),
-        },
-        shared: SharedClientCerts {
-            apiserver_etcd_client: cert("apiserver-etcd-client"),
-            etcd_healthcheck_client: cert("healthcheck-client"),
-            front_proxy_client: cert("front-proxy-client"),
-            apiserver_kubelet_client: cert("apiserver-kubelet-client"),
-            controller_manager: cert("controller-manager"),
-            scheduler: cert("scheduler"),
-        },
+        control_plane_dns_name: ClusterDnsNames::new(cluster(), &founding_settings().dns_zone)
+            .control_plane,
+        ca: cluster_ca_with(pem_certified),
+        service_account: pem_service_account("sa"),
+        shared: SharedClientCerts::try_from_fn(|which| {
+            Ok::<_, std::convert::Infallible>(pem_certified(which.stored_name()))
+        })
+        .unwrap(),
         node: nodes[usize::from(of) - 1].clone(),
         nodes,
-        etcd_cert: cert(&format!("etcd-{of}")),
-        apiserver_cert: cert(&format!("apiserver-{of}")),
-        kubelet_cert: cert(&format!("kubelet-{of}")),
+        etcd_cert: pem_certified(&format!("etcd-{of}")),
+        apiserver_cert: pem_certified(&format!("apiserver-{of}")),
+        kubelet_cert: pem_certified(&format!("kubelet-{of}")),
         bootstrap_token_hash: token.hash(),
         bootstrap_token_expires_at: expires_at,
     }

@@ -1,16 +1,16 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::model::{NodeOrdinal, SecurityGroupId, SubnetId, ValidationErrors, VmId};
+use crate::model::{NodeOrdinal, SecurityGroupId, SubnetId, VmId};
+use crate::ports::Chain;
 use crate::ports::compute::ComputeError;
 use crate::ports::pki::PkiError;
 use crate::ports::repo::RepoError;
 
-/// The steps of a founding (DESIGN.md §1), for errors, spans and metrics.
+/// The steps of a founding after the request is validated (docs/ARCHITECTURE.md §1), for
+/// errors, spans and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FoundingStep {
-    /// 1: parse, apply defaults, reject impossible shapes.
-    Validate,
     /// 2: cluster CA with intermediates, and the service-account key pair.
     CreateTrustRoot,
     /// 3: begin the transaction and insert the cluster row.
@@ -35,7 +35,6 @@ impl FoundingStep {
     /// A stable snake_case name for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Validate => "validate",
             Self::CreateTrustRoot => "create_trust_root",
             Self::OpenTransaction => "open_transaction",
             Self::ResolveSecurityGroups => "resolve_security_groups",
@@ -55,23 +54,24 @@ impl fmt::Display for FoundingStep {
     }
 }
 
-/// Why a founding stopped. Each variant is one hard stop of DESIGN.md §1.
+/// Why a founding stopped. Each variant is one hard stop of docs/ARCHITECTURE.md §1; the port
+/// error that caused it is its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum FoundingFailure {
     /// The cluster CA (or an intermediate) could not be created.
-    #[error("creating the cluster CA failed: {0}")]
-    CreateCa(PkiError),
+    #[error("creating the cluster CA failed")]
+    CreateCa(#[source] PkiError),
     /// The service-account key pair could not be created.
-    #[error("creating the service-account key pair failed: {0}")]
-    CreateServiceAccountKey(PkiError),
+    #[error("creating the service-account key pair failed")]
+    CreateServiceAccountKey(#[source] PkiError),
     /// No transaction could be started.
-    #[error("starting the database transaction failed: {0}")]
-    BeginTransaction(RepoError),
+    #[error("starting the database transaction failed")]
+    BeginTransaction(#[source] RepoError),
     /// The cluster row could not be inserted (`Conflict`: the name is taken in the organization).
-    #[error("inserting the cluster row failed: {0}")]
-    InsertCluster(RepoError),
+    #[error("inserting the cluster row failed")]
+    InsertCluster(#[source] RepoError),
     /// The subnet could not be read.
-    #[error("looking up subnet {subnet} failed: {source}")]
+    #[error("looking up subnet {subnet} failed")]
     SubnetLookup {
         /// The subnet.
         subnet: SubnetId,
@@ -79,10 +79,10 @@ pub enum FoundingFailure {
         source: ComputeError,
     },
     /// The cluster's security group could not be created.
-    #[error("creating the control-plane security group failed: {0}")]
-    CreateSecurityGroup(ComputeError),
+    #[error("creating the control-plane security group failed")]
+    CreateSecurityGroup(#[source] ComputeError),
     /// A rule could not be added to the cluster's security group.
-    #[error("adding a rule to security group {group} failed: {source}")]
+    #[error("adding a rule to security group {group} failed")]
     AddIngressRule {
         /// The group.
         group: SecurityGroupId,
@@ -90,14 +90,14 @@ pub enum FoundingFailure {
         source: ComputeError,
     },
     /// The cluster's security groups could not be recorded.
-    #[error("recording the cluster's security groups failed: {0}")]
-    RecordSecurityGroups(RepoError),
+    #[error("recording the cluster's security groups failed")]
+    RecordSecurityGroups(#[source] RepoError),
     /// One or more VM creations failed; each failed ordinal with its error.
     #[error("creating control-plane VMs failed: {}", list_vm_failures(.0))]
     CreateVms(Vec<(NodeOrdinal, ComputeError)>),
     /// The `vms` rows could not be read.
-    #[error("reading VM identities failed: {0}")]
-    VmIdentityLookup(RepoError),
+    #[error("reading VM identities failed")]
+    VmIdentityLookup(#[source] RepoError),
     /// Some VMs had no private IPv4 in the database before the deadline.
     #[error(
         "VMs {} had no private IPv4 after {}s",
@@ -111,7 +111,7 @@ pub enum FoundingFailure {
         waited: Duration,
     },
     /// A certificate could not be signed.
-    #[error("signing the {certificate} certificate failed: {source}")]
+    #[error("signing the {certificate} certificate failed")]
     SignCertificate {
         /// Which certificate, e.g. `etcd cert of cp-2.cluster-….internal`.
         certificate: String,
@@ -119,14 +119,14 @@ pub enum FoundingFailure {
         source: PkiError,
     },
     /// Node rows could not be inserted.
-    #[error("inserting node rows failed: {0}")]
-    InsertNodes(RepoError),
+    #[error("inserting node rows failed")]
+    InsertNodes(#[source] RepoError),
     /// The admin kubeconfig could not be rendered.
     #[error("rendering the admin kubeconfig failed: {0}")]
     RenderKubeconfig(String),
     /// The transaction could not be committed.
-    #[error("committing the founding failed: {0}")]
-    Commit(RepoError),
+    #[error("committing the founding failed")]
+    Commit(#[source] RepoError),
 }
 
 impl FoundingFailure {
@@ -153,7 +153,7 @@ impl FoundingFailure {
 fn list_vm_failures(failures: &[(NodeOrdinal, ComputeError)]) -> String {
     failures
         .iter()
-        .map(|(ordinal, e)| format!("cp-{ordinal}: {e}"))
+        .map(|(ordinal, e)| format!("cp-{ordinal}: {}", Chain(e)))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -214,19 +214,34 @@ impl fmt::Display for CleanupReport {
     }
 }
 
-/// Why `FoundCluster` did not found a cluster.
+/// Why `FoundCluster` did not found a cluster: a hard stop. Nothing was committed, and what the
+/// founding had created was deleted as far as possible (see `cleanup`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FoundClusterError {
-    /// The request breaks the rules; nothing was touched.
-    #[error(transparent)]
-    Invalid(#[from] ValidationErrors),
-    /// A hard stop: nothing was committed, and what the founding had created was deleted as far
-    /// as possible (see `cleanup`).
-    #[error("founding stopped at step {}: {failure}{cleanup}", failure.step())]
+    /// A hard stop at one of the steps.
+    #[error("founding stopped at step {}{cleanup}", failure.step())]
     Failed {
         /// What stopped it.
+        #[source]
         failure: FoundingFailure,
         /// What was deleted again, and what was left behind.
         cleanup: CleanupReport,
     },
+}
+
+impl FoundClusterError {
+    /// The failure that stopped the founding.
+    pub fn failure(&self) -> &FoundingFailure {
+        match self {
+            Self::Failed { failure, .. } => failure,
+        }
+    }
+
+    /// What the stopped founding cleaned up and left behind.
+    pub fn cleanup(&self) -> &CleanupReport {
+        match self {
+            Self::Failed { cleanup, .. } => cleanup,
+        }
+    }
 }

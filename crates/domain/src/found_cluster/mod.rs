@@ -1,7 +1,9 @@
-//! `FoundCluster`: the founding sequence of `POST /clusters` (DESIGN.md §1, steps 1 to 10).
+//! `FoundCluster`: the founding sequence of `POST /clusters` (docs/ARCHITECTURE.md §1, steps 2
+//! to 10; step 1, validation, makes the [`ClusterSpec`] it takes).
 
 mod error;
 mod kubeconfig;
+mod settings;
 mod userdata;
 
 #[cfg(test)]
@@ -18,23 +20,28 @@ use tracing::{Instrument, info_span};
 
 pub use error::{CleanupReport, CreatedResource, FoundClusterError, FoundingFailure, FoundingStep};
 pub use kubeconfig::{KubeconfigSpec, render_kubeconfig};
+pub use settings::{FoundingSection, FoundingSettings};
 pub use userdata::{
     BootstrapBaseUrl, bootstrap_path, bootstrap_path_template, render_userdata_shim,
 };
 
 use crate::model::{
-    BootstrapToken, ClusterDefaults, ClusterDnsNames, ClusterId, ClusterName, ClusterRequest,
-    ClusterSpec, DnsZone, Networking, NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText,
-    SecurityGroupChoice, SecurityGroupId, VmId, apiserver_sans, etcd_sans,
+    BootstrapToken, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, Networking,
+    NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText, SecurityGroupChoice, SecurityGroupId,
+    VmId, apiserver_sans, etcd_sans,
 };
-use crate::ports::compute::{Compute, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Tags};
+use crate::ports::Chain;
+use crate::ports::compute::{
+    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Tags,
+};
 use crate::ports::dns::{AddressRecords, Dns};
 use crate::ports::pki::{
-    CertifiedKey, ClientCertRequest, ClusterCa, Pki, ServiceAccountKeyPair, ServingCertRequest,
+    CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError, ServiceAccountKeyPair,
+    ServingCertRequest, SharedClientCert, SharedClientCerts,
 };
 use crate::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    Repo, RepoTx, SharedClientCerts, VmIdentity,
+    Repo, RepoTx, VmIdentity,
 };
 
 /// Tag keys put on every VM and security group plinth creates.
@@ -56,47 +63,9 @@ pub mod tags {
 const ADMIN_COMMON_NAME: &str = "kubernetes-admin";
 const ADMIN_GROUP: &str = "system:masters";
 const APISERVER_COMMON_NAME: &str = "kube-apiserver";
-/// Subjects of the shared client certificates (kubeadm's, k8s-pki.md §1b). The kubelet client of
-/// kube-apiserver is in `system:masters`, as before Kubernetes 1.29: plinth does not run
-/// `kubeadm init`, so the `kubeadm:cluster-admins` binding newer kubeadm relies on is absent.
-const SHARED_CLIENTS: [(&str, &str, Option<&str>); 6] = [
-    ("apiserver-etcd-client", "kube-apiserver-etcd-client", None),
-    (
-        "etcd-healthcheck-client",
-        "kube-etcd-healthcheck-client",
-        None,
-    ),
-    ("front-proxy-client", "front-proxy-client", None),
-    (
-        "apiserver-kubelet-client",
-        "kube-apiserver-kubelet-client",
-        Some("system:masters"),
-    ),
-    ("controller-manager", "system:kube-controller-manager", None),
-    ("scheduler", "system:kube-scheduler", None),
-];
 const NODES_GROUP: &str = "system:nodes";
 /// Why `dns_configured` is false when the deployment has no DNS adapter.
 pub const DNS_NOT_CONFIGURED: &str = "DNS is not configured for this deployment";
-
-/// The deployment's settings for founding (from configuration).
-#[derive(Debug, Clone)]
-pub struct FoundingSettings {
-    /// Subnet, flavor and image for requests that leave them out.
-    pub defaults: ClusterDefaults,
-    /// The zone control-plane names are published in.
-    pub dns_zone: DnsZone,
-    /// In-cluster networking of new clusters.
-    pub networking: Networking,
-    /// Where VMs fetch their bundles.
-    pub bootstrap_base_url: BootstrapBaseUrl,
-    /// How long a node's bootstrap token works.
-    pub bootstrap_token_ttl: Duration,
-    /// How long step 6 waits for every VM's private IPv4 to reach the database.
-    pub vm_address_deadline: Duration,
-    /// The first pause between step 6's reads; it doubles up to one second.
-    pub vm_address_poll_interval: Duration,
-}
 
 /// A suggested DNS record for the operator's own DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,14 +186,14 @@ impl FoundCluster {
         &self.settings
     }
 
-    /// Founds a cluster for `org`. On a hard stop nothing is committed and the VMs and security
-    /// group this call created are deleted again (the error reports what could not be).
+    /// Founds a cluster of shape `spec` (a request validated against [`Self::settings`]'
+    /// defaults) for `org`. On a hard stop nothing is committed and the VMs and security group
+    /// this call created are deleted again (the error reports what could not be).
     pub async fn found(
         &self,
         org: &OrgId,
-        request: ClusterRequest,
+        spec: ClusterSpec,
     ) -> Result<FoundedCluster, FoundClusterError> {
-        let spec = request.validate(&self.settings.defaults)?;
         let cluster_id = ClusterId::new_random();
         let founding = Founding {
             cluster_id,
@@ -270,7 +239,7 @@ impl FoundCluster {
             Err(failure) => {
                 if let Err(e) = tx.rollback().await {
                     // The transaction dies with its connection anyway; note it and go on.
-                    tracing::warn!(error = %e, "rolling back the founding transaction failed");
+                    tracing::warn!(error = %Chain(&e), "rolling back the founding transaction failed");
                 }
                 Err(failure)
             }
@@ -278,7 +247,7 @@ impl FoundCluster {
         let prepared = match committed {
             Ok(prepared) => prepared,
             Err(failure) => {
-                tracing::warn!(step = %failure.step(), error = %failure, "founding stopped");
+                tracing::warn!(step = %failure.step(), error = %Chain(&failure), "founding stopped");
                 let cleanup = self.compensate(created).await;
                 return Err(stopped(failure, cleanup));
             }
@@ -410,7 +379,7 @@ impl FoundCluster {
                 let group = self
                     .compute
                     .create_security_group(&NewSecurityGroup {
-                        name: format!("cluster-{}-control-plane", f.cluster_id),
+                        name: format!("{}-control-plane", f.cluster_id.label()),
                         tags: resource_tags(f, None),
                     })
                     .await
@@ -585,48 +554,22 @@ impl FoundCluster {
         }))
         .await?;
 
-        let issuers = [
-            &ca.etcd,
-            &ca.etcd,
-            &ca.front_proxy,
-            &ca.root,
-            &ca.root,
-            &ca.root,
-        ];
-        let [a, b, c, d, e, g] = SHARED_CLIENTS;
-        let sign = |(label, common_name, group): (&'static str, &str, Option<&str>), issuer| {
-            let request = ClientCertRequest {
-                common_name: common_name.to_owned(),
-                organizations: group.map(str::to_owned).into_iter().collect(),
-            };
-            async move { self.client(issuer, &request, || label.to_owned()).await }
-        };
-        let (
-            apiserver_etcd_client,
-            etcd_healthcheck_client,
-            front_proxy_client,
-            apiserver_kubelet_client,
-            controller_manager,
-            scheduler,
-        ) = futures::try_join!(
-            sign(a, issuers[0]),
-            sign(b, issuers[1]),
-            sign(c, issuers[2]),
-            sign(d, issuers[3]),
-            sign(e, issuers[4]),
-            sign(g, issuers[5]),
-        )?;
-        Ok((
-            node_certs,
-            SharedClientCerts {
-                apiserver_etcd_client,
-                etcd_healthcheck_client,
-                front_proxy_client,
-                apiserver_kubelet_client,
-                controller_manager,
-                scheduler,
-            },
-        ))
+        let shared = try_join_all(SharedClientCert::ALL.map(|which| {
+            let issuer = ca.get(which.issuer());
+            let request = which.request();
+            async move {
+                self.client(issuer, &request, || which.stored_name().to_owned())
+                    .await
+            }
+        }))
+        .await?;
+        let shared = shared.try_into().map(SharedClientCerts::new).map_err(|_| {
+            FoundingFailure::SignCertificate {
+                certificate: "shared client".to_owned(),
+                source: PkiError::Failed("a shared client certificate is missing".into()),
+            }
+        })?;
+        Ok((node_certs, shared))
     }
 
     async fn serving(
@@ -712,7 +655,7 @@ impl FoundCluster {
         let client = self
             .client(root, &request, || "admin client".to_owned())
             .await?;
-        let cluster_name = format!("cluster-{}", f.cluster_id);
+        let cluster_name = f.cluster_id.label();
         let user_name = format!("{cluster_name}-admin");
         let server = format!(
             "https://{}:{}",
@@ -737,8 +680,9 @@ impl FoundCluster {
         match dns.upsert_address_records(records).await {
             Ok(()) => (true, None),
             Err(e) => {
-                tracing::warn!(error = %e, name = %records.name, "publishing the control-plane name failed");
-                (false, Some(e.to_string()))
+                let why = Chain(&e).to_string();
+                tracing::warn!(error = %why, name = %records.name, "publishing the control-plane name failed");
+                (false, Some(why))
             }
         }
     }
@@ -759,16 +703,17 @@ impl FoundCluster {
     }
 }
 
-fn record_cleanup<E: std::fmt::Display>(
+fn record_cleanup(
     report: &mut CleanupReport,
     resource: CreatedResource,
-    result: Result<(), E>,
+    result: Result<(), ComputeError>,
 ) {
     match result {
         Ok(()) => report.removed.push(resource),
         Err(e) => {
-            tracing::error!(resource = %resource, error = %e, "could not delete a resource of a stopped founding; it is left behind");
-            report.left_behind.push((resource, e.to_string()));
+            let why = Chain(&e).to_string();
+            tracing::error!(resource = %resource, error = %why, "could not delete a resource of a stopped founding; it is left behind");
+            report.left_behind.push((resource, why));
         }
     }
 }

@@ -13,13 +13,12 @@ use async_trait::async_trait;
 use mockall::Sequence;
 
 use super::*;
-use crate::model::{BootstrapTokenHash, FlavorId, ImageId, SubnetId};
+use crate::model::{BootstrapTokenHash, SubnetId};
 use crate::ports::compute::{ComputeError, MockCompute, Subnet};
 use crate::ports::dns::{DnsError, MockDns};
 use crate::ports::pki::{MockPki, PkiError};
-use crate::ports::repo::{MockRepo, MockRepoTx, RepoError, SharedClientCerts};
-
-const ZONE: &str = "k8s.example.test";
+use crate::ports::repo::{MockRepo, MockRepoTx, RepoError};
+use crate::testing::{ZONE, certified, cluster_ca, founding_settings, service_account};
 
 /// The shared client certs, in signing order: subject CN and issuer.
 const SHARED: [(&str, &str); 6] = [
@@ -162,24 +161,14 @@ impl Mocks {
         captured: Arc<Mutex<Captured>>,
     ) -> (FoundCluster, Arc<Mutex<Captured>>) {
         let dns = dns.map(|d| Arc::new(d) as Arc<dyn Dns>);
-        let use_case = FoundCluster::new(Arc::new(repo), compute, Arc::new(pki), dns, settings());
+        let use_case = FoundCluster::new(
+            Arc::new(repo),
+            compute,
+            Arc::new(pki),
+            dns,
+            founding_settings(),
+        );
         (use_case, captured)
-    }
-}
-
-fn settings() -> FoundingSettings {
-    FoundingSettings {
-        defaults: ClusterDefaults {
-            subnet_id: SubnetId::parse("subnet-local").unwrap(),
-            flavor: FlavorId::parse("m1.medium").unwrap(),
-            image: ImageId::parse("debian-12").unwrap(),
-        },
-        dns_zone: DnsZone::parse(ZONE).unwrap(),
-        networking: Networking::default(),
-        bootstrap_base_url: BootstrapBaseUrl::parse("https://plinth.test:8443").unwrap(),
-        bootstrap_token_ttl: Duration::from_secs(24 * 3600),
-        vm_address_deadline: Duration::from_secs(30),
-        vm_address_poll_interval: Duration::from_millis(100),
     }
 }
 
@@ -187,30 +176,17 @@ fn org() -> OrgId {
     OrgId::parse("org-1").unwrap()
 }
 
-fn request(s: &Scenario) -> ClusterRequest {
-    ClusterRequest {
+fn request(s: &Scenario) -> ClusterSpec {
+    crate::model::ClusterRequest {
         name: Some("prod".into()),
         control_plane_count: Some(i64::from(s.count)),
         security_group_ids: s
             .given_groups
             .map(|g| g.iter().map(|id| (*id).to_owned()).collect()),
-        ..ClusterRequest::default()
+        ..crate::model::ClusterRequest::default()
     }
-}
-
-fn certified(label: &str) -> CertifiedKey {
-    CertifiedKey {
-        cert_pem: format!("cert of {label}"),
-        key_pem: SecretText::new(format!("key of {label}")),
-    }
-}
-
-fn cluster_ca() -> ClusterCa {
-    ClusterCa {
-        root: certified("ca"),
-        etcd: certified("etcd-ca"),
-        front_proxy: certified("front-proxy-ca"),
-    }
+    .validate(&founding_settings().defaults)
+    .unwrap()
 }
 
 fn vm_id(n: u8) -> VmId {
@@ -270,10 +246,7 @@ fn mocks(s: &Scenario) -> Mocks {
             .in_sequence(&mut seq)
             .returning(move || match fail {
                 FailAt::CreateServiceAccountKey => Err(pki_error()),
-                _ => Ok(ServiceAccountKeyPair {
-                    public_key_pem: "sa.pub".into(),
-                    private_key_pem: SecretText::new("sa.key"),
-                }),
+                _ => Ok(service_account()),
             });
     }
 
@@ -897,10 +870,13 @@ async fn happy_path_runs_every_step_in_order() {
     assert_eq!(clients, expected);
     let shared = seen.shared_certs.as_ref().unwrap();
     assert_eq!(
-        shared.apiserver_etcd_client,
-        certified("kube-apiserver-etcd-client")
+        shared.get(SharedClientCert::ApiserverEtcdClient),
+        &certified("kube-apiserver-etcd-client")
     );
-    assert_eq!(shared.scheduler, certified("system:kube-scheduler"));
+    assert_eq!(
+        shared.get(SharedClientCert::Scheduler),
+        &certified("system:kube-scheduler")
+    );
 
     // Step 10 and the answer.
     let records = seen.dns_records.as_ref().unwrap();
@@ -1336,9 +1312,7 @@ async fn what_could_not_be_cleaned_up_is_reported() {
     let Err(error @ FoundClusterError::Failed { .. }) = result else {
         panic!("expected a hard stop");
     };
-    let FoundClusterError::Failed { cleanup, .. } = &error else {
-        unreachable!()
-    };
+    let cleanup = error.cleanup();
     assert_eq!(
         cleanup.removed,
         [CreatedResource::Vm(vm_id(1)), CreatedResource::Vm(vm_id(3))]
@@ -1359,27 +1333,6 @@ async fn what_could_not_be_cleaned_up_is_reported() {
         text.contains("security group sg-created (conflict"),
         "{text}"
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_invalid_request_touches_no_port() {
-    // No expectation at all: any port call panics.
-    let use_case = FoundCluster::new(
-        Arc::new(MockRepo::new()),
-        Arc::new(MockCompute::new()),
-        Arc::new(MockPki::new()),
-        Some(Arc::new(MockDns::new())),
-        settings(),
-    );
-    let bad = ClusterRequest {
-        name: Some("Not A Label".into()),
-        control_plane_count: Some(4),
-        ..ClusterRequest::default()
-    };
-    let Err(FoundClusterError::Invalid(errors)) = use_case.found(&org(), bad).await else {
-        panic!("expected a validation error");
-    };
-    assert_eq!(errors.fields(), ["name", "control_plane_count"]);
 }
 
 // ---- concurrency ---------------------------------------------------------------------------

@@ -63,6 +63,12 @@ impl ClusterId {
         self.0
     }
 
+    /// `cluster-{id}`: the one label the cluster goes by in DNS names, node names, kubeconfigs,
+    /// certificate subjects and platform resource names.
+    pub fn label(&self) -> String {
+        format!("cluster-{self}")
+    }
+
     /// Reads an id from text (a URL path, say).
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         Uuid::parse_str(raw)
@@ -100,6 +106,14 @@ impl fmt::Display for ClusterName {
         f.write_str(&self.0)
     }
 }
+
+/// [`check_dns_label`]'s rule as a regular expression, for API documents: what a
+/// [`ClusterName`] may be.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// The rule of every platform id (subnet, flavor, image, security group, VM) as a regular
+/// expression, for API documents.
+pub const PLATFORM_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
 
 /// Checks one RFC 1123 DNS label, lowercase only.
 pub(crate) fn check_dns_label(raw: &str) -> Result<(), InvalidValue> {

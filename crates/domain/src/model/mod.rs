@@ -10,13 +10,14 @@ mod secret;
 
 pub use bootstrap_token::{BootstrapToken, BootstrapTokenHash};
 pub use ids::{
-    ClusterId, ClusterName, FlavorId, ImageId, InvalidValue, OrgId, SecurityGroupId, SubnetId, VmId,
+    ClusterId, ClusterName, DNS_LABEL_PATTERN, FlavorId, ImageId, InvalidValue, OrgId,
+    PLATFORM_ID_PATTERN, SecurityGroupId, SubnetId, VmId,
 };
 pub use naming::{ClusterDnsNames, DnsZone, NodeName, NodeOrdinal};
 pub use networking::{Networking, NetworkingError};
 pub use request::{
     ClusterDefaults, ClusterRequest, ClusterSpec, ControlPlaneCount, FieldViolation,
-    SecurityGroupChoice, ValidationErrors,
+    MAX_SECURITY_GROUPS, SecurityGroupChoice, ValidationErrors,
 };
 pub use sans::{NodeAddresses, SubjectAltNames, apiserver_sans, etcd_sans};
 pub use secret::SecretText;

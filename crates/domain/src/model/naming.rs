@@ -73,7 +73,7 @@ pub struct NodeName(String);
 impl NodeName {
     /// The name of node `ordinal` of `cluster`.
     pub fn new(cluster: ClusterId, ordinal: NodeOrdinal) -> Self {
-        Self(format!("cp-{ordinal}.cluster-{cluster}.internal"))
+        Self(format!("cp-{ordinal}.{}.internal", cluster.label()))
     }
 
     /// The name as text.
@@ -108,9 +108,10 @@ pub struct ClusterDnsNames {
 impl ClusterDnsNames {
     /// The names of `cluster` under `zone`.
     pub fn new(cluster: ClusterId, zone: &DnsZone) -> Self {
+        let label = cluster.label();
         Self {
-            control_plane: format!("api.cluster-{cluster}.{zone}"),
-            ingress_wildcard: format!("*.apps.cluster-{cluster}.{zone}"),
+            control_plane: format!("api.{label}.{zone}"),
+            ingress_wildcard: format!("*.apps.{label}.{zone}"),
         }
     }
 }

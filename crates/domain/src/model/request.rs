@@ -42,6 +42,8 @@ pub struct ControlPlaneCount(u8);
 impl ControlPlaneCount {
     /// Three nodes: survives one failure.
     pub const DEFAULT: Self = Self(3);
+    /// Every count [`ControlPlaneCount::new`] accepts.
+    pub const ALLOWED: [u8; 4] = [1, 3, 5, 7];
     const MAX: i64 = 7;
 
     /// Accepts an odd number from 1 to 7.
@@ -204,7 +206,8 @@ impl ClusterRequest {
     }
 }
 
-const MAX_SECURITY_GROUPS: usize = 5;
+/// The most security groups a request may name.
+pub const MAX_SECURITY_GROUPS: usize = 5;
 
 fn check_security_groups(
     raw: &[String],

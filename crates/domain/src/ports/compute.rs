@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::BoxError;
 use crate::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
 
 /// Labels put on every resource plinth creates, so a sweeper can find orphans.
@@ -72,25 +73,27 @@ pub struct NewVm {
 
 /// Why a compute call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ComputeError {
-    /// The resource does not exist.
+    /// The resource does not exist; the message is the platform's.
     #[error("not found: {0}")]
     NotFound(String),
-    /// The resource is in a state that forbids the call (e.g. a group still in use).
+    /// The resource is in a state that forbids the call (e.g. a group still in use, no free
+    /// address); the message is the platform's.
     #[error("conflict: {0}")]
     Conflict(String),
     /// The platform refused the request; the message is the platform's.
     #[error("rejected by the compute service: {0}")]
     Rejected(String),
     /// The platform could not be reached or answered 5xx.
-    #[error("compute service unavailable: {0}")]
-    Unavailable(String),
+    #[error("compute service unavailable")]
+    Unavailable(#[source] BoxError),
     /// The call did not finish within its bound.
-    #[error("compute call timed out: {0}")]
-    Timeout(String),
+    #[error("compute call timed out")]
+    Timeout(#[source] BoxError),
     /// Anything else, e.g. an answer that cannot be parsed.
-    #[error("unexpected compute failure: {0}")]
-    Unexpected(String),
+    #[error("unexpected compute failure")]
+    Unexpected(#[source] BoxError),
 }
 
 /// The compute platform's API, as the founding uses it.
@@ -98,15 +101,27 @@ pub enum ComputeError {
 #[async_trait]
 pub trait Compute: Send + Sync {
     /// Reads a subnet's ranges.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown subnet; `Unavailable`, `Timeout` or `Unexpected` when the
+    /// platform fails.
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError>;
 
     /// Creates a security group with no rules.
+    ///
+    /// # Errors
+    /// `Rejected` when the platform refuses it; `Unavailable`, `Timeout` or `Unexpected` when
+    /// it fails, in which case the group may or may not exist.
     async fn create_security_group(
         &self,
         group: &NewSecurityGroup,
     ) -> Result<SecurityGroupId, ComputeError>;
 
     /// Adds an ingress rule to a group.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown group, `Rejected` for a rule the platform refuses, or a
+    /// platform failure.
     async fn add_ingress_rule(
         &self,
         group: &SecurityGroupId,
@@ -114,11 +129,22 @@ pub trait Compute: Send + Sync {
     ) -> Result<(), ComputeError>;
 
     /// Creates a VM and returns its id; the platform records its addresses in `vms`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown subnet or group, `Rejected` for a refused flavor or image,
+    /// `Conflict` when the subnet has no free address; `Unavailable`, `Timeout` or `Unexpected`
+    /// when the platform fails, in which case the VM may or may not exist.
     async fn create_vm(&self, vm: &NewVm) -> Result<VmId, ComputeError>;
 
     /// Deletes a VM. Deleting one that is already gone succeeds.
+    ///
+    /// # Errors
+    /// A platform failure; the VM may still exist.
     async fn delete_vm(&self, id: &VmId) -> Result<(), ComputeError>;
 
     /// Deletes a security group. Deleting one that is already gone succeeds.
+    ///
+    /// # Errors
+    /// `Conflict` while a VM still uses it, or a platform failure.
     async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<(), ComputeError>;
 }

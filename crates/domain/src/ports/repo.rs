@@ -6,11 +6,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::BoxError;
 use crate::model::{
     BootstrapTokenHash, ClusterId, ClusterName, ClusterSpec, Networking, NodeAddresses, NodeName,
     NodeOrdinal, OrgId, SecurityGroupId, VmId,
 };
-use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts};
 
 /// The cluster row, written at step 3 of the founding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,24 +99,6 @@ pub struct ApiServerNodeRecord {
     pub bootstrap_token_hash: BootstrapTokenHash,
     /// When the bootstrap token stops working.
     pub bootstrap_token_expires_at: OffsetDateTime,
-}
-
-/// The client certificates every control-plane node shares (kubeadm's, signed at founding so
-/// that a bundle is pure rendering).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedClientCerts {
-    /// `kube-apiserver-etcd-client`, under etcd-ca: kube-apiserver talking to etcd.
-    pub apiserver_etcd_client: CertifiedKey,
-    /// `kube-etcd-healthcheck-client`, under etcd-ca: etcd's liveness probe.
-    pub etcd_healthcheck_client: CertifiedKey,
-    /// `front-proxy-client`, under front-proxy-ca: kube-apiserver proxying to extension servers.
-    pub front_proxy_client: CertifiedKey,
-    /// `kube-apiserver-kubelet-client`, under ca: kube-apiserver talking to kubelets.
-    pub apiserver_kubelet_client: CertifiedKey,
-    /// `system:kube-controller-manager`, under ca.
-    pub controller_manager: CertifiedKey,
-    /// `system:kube-scheduler`, under ca.
-    pub scheduler: CertifiedKey,
 }
 
 /// Everything one node's bootstrap bundle is rendered from, keys opened.
@@ -212,6 +195,7 @@ pub struct ClusterPage {
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RepoError {
     /// A uniqueness rule was broken, e.g. a cluster name already used in the organization.
     #[error("conflict: {0}")]
@@ -220,21 +204,33 @@ pub enum RepoError {
     #[error("not found: {0}")]
     NotFound(String),
     /// The database could not be reached, or the connection was lost.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else.
-    #[error("unexpected database failure: {0}")]
-    Unexpected(String),
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else, e.g. a stored value that cannot be read back.
+    #[error("unexpected database failure")]
+    Unexpected(#[source] BoxError),
 }
 
 /// Durable cluster truth.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait Repo: Send + Sync {
+    /// Whether the database answers (readiness).
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    async fn ping(&self) -> Result<(), RepoError>;
+
     /// Starts the founding's one transaction.
+    ///
+    /// # Errors
+    /// `Unavailable` when no connection can be had.
     async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError>;
 
     /// One cluster of an organization with its nodes; another organization's is `None`.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for rows that cannot be read back.
     async fn find_cluster(
         &self,
         org: &OrgId,
@@ -242,6 +238,9 @@ pub trait Repo: Send + Sync {
     ) -> Result<Option<ClusterDetails>, RepoError>;
 
     /// A page of an organization's clusters, newest first.
+    ///
+    /// # Errors
+    /// As for [`Repo::find_cluster`].
     async fn list_clusters(
         &self,
         org: &OrgId,
@@ -250,6 +249,9 @@ pub trait Repo: Send + Sync {
 
     /// What node `node` of `cluster` needs to boot, keys opened; `None` if there is no such
     /// node. (Callers must check the node's bootstrap token before using any of it.)
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a sealed key that does not open.
     async fn bootstrap_material(
         &self,
         cluster: ClusterId,
@@ -261,10 +263,16 @@ pub trait Repo: Send + Sync {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait RepoTx: Send {
-    /// Inserts the cluster row. A name already used in the organization is `Conflict`.
+    /// Inserts the cluster row.
+    ///
+    /// # Errors
+    /// `Conflict` for a name already used in the organization; `Unavailable`.
     async fn insert_cluster(&mut self, cluster: &NewClusterRecord) -> Result<(), RepoError>;
 
     /// Records which security groups the cluster's VMs have.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `NotFound` when the cluster row is missing.
     async fn record_security_groups(
         &mut self,
         cluster: ClusterId,
@@ -272,18 +280,30 @@ pub trait RepoTx: Send {
     ) -> Result<(), RepoError>;
 
     /// Reads the `vms` rows of these VMs as committed now; VMs without a row are left out.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
     async fn vm_identities(&mut self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError>;
 
     /// Inserts etcd node rows, in one round trip.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` when a key cannot be sealed.
     async fn insert_etcd_nodes(&mut self, nodes: &[EtcdNodeRecord]) -> Result<(), RepoError>;
 
     /// Inserts apiserver node rows, in one round trip.
+    ///
+    /// # Errors
+    /// As for [`RepoTx::insert_etcd_nodes`].
     async fn insert_apiserver_nodes(
         &mut self,
         nodes: &[ApiServerNodeRecord],
     ) -> Result<(), RepoError>;
 
     /// Inserts the cluster's shared client certificates.
+    ///
+    /// # Errors
+    /// As for [`RepoTx::insert_etcd_nodes`].
     async fn insert_shared_certs(
         &mut self,
         cluster: ClusterId,
@@ -291,8 +311,14 @@ pub trait RepoTx: Send {
     ) -> Result<(), RepoError>;
 
     /// Makes everything durable.
+    ///
+    /// # Errors
+    /// `Unavailable` when the outcome is not known.
     async fn commit(self: Box<Self>) -> Result<(), RepoError>;
 
     /// Discards everything.
+    ///
+    /// # Errors
+    /// `Unavailable`; the transaction dies with its connection anyway.
     async fn rollback(self: Box<Self>) -> Result<(), RepoError>;
 }

@@ -1,16 +1,14 @@
-//! Test support: scratch directories, external programs, and one cluster's trust material made
-//! by the adapter. Every external program is real (openssl, kubectl, etcd); a missing one fails
-//! the test with how to install it, because `make test` installs them.
+//! Test support: scratch directories and one cluster's trust material made by the adapter. The
+//! external programs (openssl, kubectl, etcd) are real, and driven with plinth-testkit's process
+//! helpers (`plinth_testkit::process`).
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 #![allow(clippy::unwrap_used)] // test support: a failed step is a failed test
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use plinth_domain::model::{
     ClusterDnsNames, ClusterId, DnsZone, Networking, NodeAddresses, NodeName, NodeOrdinal,
@@ -19,12 +17,11 @@ use plinth_domain::model::{
 use plinth_domain::ports::pki::{
     CertifiedKey, ClientCertRequest, ClusterCa, ServiceAccountKeyPair, ServingCertRequest,
 };
+use plinth_testkit::ZONE;
 use plinth_x509_pki::{
     KeyAlgorithm, PkiSettings, create_cluster_ca, create_service_account_key, sign_client_cert,
     sign_serving_cert,
 };
-
-pub const ZONE: &str = "k8s.plinth.test";
 
 /// A directory removed when dropped (kept with `PLINTH_KEEP_TEST_FILES=1`, for debugging).
 pub struct Scratch(PathBuf);
@@ -82,115 +79,8 @@ fn rand_suffix() -> u64 {
     u64::from(nanos) ^ (u64::from(std::process::id()) << 32)
 }
 
-/// The path of a program the test needs; panics with how to get it when it is missing.
-pub fn require(program: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("{program} is not installed; `make test` installs it (scripts/test-deps.sh)")
-    })
-}
-
-/// Runs a program to its end, bounded by `timeout(1)`, and returns what it printed.
-pub fn run(program: &str, args: &[&str], limit: Duration) -> Output {
-    let program = require(program);
-    Command::new("timeout")
-        .arg("--kill-after=2")
-        .arg(limit.as_secs().to_string())
-        .arg(&program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-pub fn text(output: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-pub struct Process {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Process {
-    pub fn spawn(name: &str, program: &str, args: &[&str], log: &Path) -> Self {
-        Self::spawn_in(Path::new("."), name, program, args, log)
-    }
-
-    /// Starts `program` with `dir` as its working directory, output to `log`.
-    pub fn spawn_in(dir: &Path, name: &str, program: &str, args: &[&str], log: &Path) -> Self {
-        let log = fs::File::create(log).unwrap();
-        let child = Command::new(require(program))
-            .current_dir(dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            name: name.to_owned(),
-        }
-    }
-
-    /// Asks the process to stop (SIGTERM) and waits up to `grace` before it is killed.
-    pub fn stop(mut self, grace: Duration) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts TCP connections on `ip:port`.
-pub fn wait_for_port(ip: IpAddr, port: u16, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200))
-            .is_ok()
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {ip}:{port} after {limit:?}");
 }
 
 /// One control-plane node as the founding sees it.

@@ -1,0 +1,234 @@
+//! What the cluster routes answer: the founded cluster, a listing page, one cluster.
+
+use plinth_domain::found_cluster::{FoundedCluster, bootstrap_path_template};
+use plinth_domain::model::Networking;
+use plinth_domain::ports::repo::{ClusterDetails, ClusterSummary, NodePlacement};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// In-cluster networking.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NetworkingBody {
+    /// e.g. `10.244.0.0/16`.
+    pub pod_cidr: String,
+    /// e.g. `10.96.0.0/12`.
+    pub service_cidr: String,
+    /// e.g. `cluster.local`.
+    pub dns_domain: String,
+    /// e.g. `10.96.0.10`.
+    pub cluster_dns_ip: String,
+    /// e.g. 6443.
+    pub api_server_port: u16,
+}
+
+impl From<&Networking> for NetworkingBody {
+    fn from(n: &Networking) -> Self {
+        Self {
+            pod_cidr: n.pod_cidr().to_string(),
+            service_cidr: n.service_cidr().to_string(),
+            dns_domain: n.dns_domain().to_owned(),
+            cluster_dns_ip: n.cluster_dns_ip().to_string(),
+            api_server_port: n.api_server_port(),
+        }
+    }
+}
+
+/// A control-plane node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeBody {
+    /// `cp-{n}.cluster-{id}.internal`.
+    pub name: String,
+    /// Its VM.
+    pub vm_id: String,
+    /// Private IPv4.
+    pub ipv4: String,
+    /// IPv6, if any.
+    pub ipv6: Option<String>,
+    /// Public IPv4, if any.
+    pub public_ipv4: Option<String>,
+}
+
+impl From<&NodePlacement> for NodeBody {
+    fn from(n: &NodePlacement) -> Self {
+        Self {
+            name: n.name.to_string(),
+            vm_id: n.vm_id.to_string(),
+            ipv4: n.addresses.ipv4.to_string(),
+            ipv6: n.addresses.ipv6.map(|ip| ip.to_string()),
+            public_ipv4: n.addresses.public_ipv4.map(|ip| ip.to_string()),
+        }
+    }
+}
+
+/// A DNS record the operator may publish.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DnsRecordBody {
+    /// Fully qualified name.
+    pub name: String,
+    /// `A` or `AAAA`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Addresses.
+    pub values: Vec<String>,
+}
+
+/// The answer to `POST /clusters`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FoundedClusterBody {
+    /// The new cluster.
+    pub cluster_id: String,
+    /// Its name, if given.
+    pub name: Option<String>,
+    /// Its VMs, in node order.
+    pub vm_ids: Vec<String>,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// kubeconfig YAML of a `system:masters` user for the shared name on port 6443. Keep it
+    /// secret: it holds a private key.
+    pub admin_kubeconfig: String,
+    /// In-cluster networking.
+    pub networking: NetworkingBody,
+    /// The nodes.
+    pub nodes: Vec<NodeBody>,
+    /// `/bootstrap/{cluster_id}/nodes/{node_name}`, the cluster filled in.
+    pub bootstrap_path_template: String,
+    /// `*.apps.cluster-{id}.{zone}` (not published).
+    pub ingress_wildcard_dns_name: String,
+    /// Records to publish if `dns_configured` is false.
+    pub suggested_dns_records: Vec<DnsRecordBody>,
+    /// Whether plinth published the control-plane name.
+    pub dns_configured: bool,
+    /// Why not, when it did not.
+    pub dns_error: Option<String>,
+}
+
+impl From<FoundedCluster> for FoundedClusterBody {
+    fn from(f: FoundedCluster) -> Self {
+        Self {
+            cluster_id: f.cluster_id.to_string(),
+            name: f.name.map(|n| n.to_string()),
+            vm_ids: f.vm_ids.iter().map(ToString::to_string).collect(),
+            control_plane_dns_name: f.control_plane_dns_name,
+            admin_kubeconfig: f.admin_kubeconfig.expose().to_owned(),
+            networking: (&f.networking).into(),
+            nodes: f.nodes.iter().map(NodeBody::from).collect(),
+            bootstrap_path_template: f.bootstrap_path_template,
+            ingress_wildcard_dns_name: f.ingress_wildcard_dns_name,
+            suggested_dns_records: f
+                .suggested_dns_records
+                .into_iter()
+                .map(|r| DnsRecordBody {
+                    name: r.name,
+                    kind: r.record_type.to_owned(),
+                    values: r.values,
+                })
+                .collect(),
+            dns_configured: f.dns_configured,
+            dns_error: f.dns_error,
+        }
+    }
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A cluster in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterSummaryBody {
+    /// Id.
+    pub cluster_id: String,
+    /// Name, if any.
+    pub name: Option<String>,
+    /// Node count.
+    pub control_plane_count: u8,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&ClusterSummary> for ClusterSummaryBody {
+    fn from(s: &ClusterSummary) -> Self {
+        Self {
+            cluster_id: s.id.to_string(),
+            name: s.name.as_ref().map(ToString::to_string),
+            control_plane_count: s.control_plane_count,
+            control_plane_dns_name: s.control_plane_dns_name.clone(),
+            created_at: rfc3339(s.created_at),
+        }
+    }
+}
+
+/// One page of the organization's clusters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterPageBody {
+    /// The clusters.
+    pub clusters: Vec<ClusterSummaryBody>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One cluster, without key material.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterBody {
+    /// Id.
+    pub cluster_id: String,
+    /// Name, if any.
+    pub name: Option<String>,
+    /// Node count.
+    pub control_plane_count: u8,
+    /// Subnet.
+    pub subnet_id: String,
+    /// VM size.
+    pub flavor: String,
+    /// VM image.
+    pub image: String,
+    /// Groups the VMs have.
+    pub security_group_ids: Vec<String>,
+    /// The group plinth created for the cluster, if any.
+    pub created_security_group_id: Option<String>,
+    /// `api.cluster-{id}.{zone}`.
+    pub control_plane_dns_name: String,
+    /// `*.apps.cluster-{id}.{zone}`.
+    pub ingress_wildcard_dns_name: String,
+    /// In-cluster networking.
+    pub networking: NetworkingBody,
+    /// The nodes.
+    pub nodes: Vec<NodeBody>,
+    /// The cluster CA certificate (public), PEM.
+    pub ca_cert: String,
+    /// `/bootstrap/{cluster_id}/nodes/{node_name}`.
+    pub bootstrap_path_template: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<ClusterDetails> for ClusterBody {
+    fn from(d: ClusterDetails) -> Self {
+        Self {
+            cluster_id: d.summary.id.to_string(),
+            name: d.summary.name.as_ref().map(ToString::to_string),
+            control_plane_count: d.summary.control_plane_count,
+            subnet_id: d.spec.subnet_id.to_string(),
+            flavor: d.spec.flavor.to_string(),
+            image: d.spec.image.to_string(),
+            security_group_ids: d
+                .security_groups
+                .attached
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            created_security_group_id: d.security_groups.created.as_ref().map(ToString::to_string),
+            control_plane_dns_name: d.summary.control_plane_dns_name.clone(),
+            ingress_wildcard_dns_name: d.ingress_wildcard_dns_name,
+            networking: (&d.networking).into(),
+            nodes: d.nodes.iter().map(NodeBody::from).collect(),
+            ca_cert: d.ca_cert_pem,
+            bootstrap_path_template: bootstrap_path_template(d.summary.id),
+            created_at: rfc3339(d.summary.created_at),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The `[founding]` configuration section and the settings it makes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::userdata::BootstrapBaseUrl;
+use crate::model::{
+    ClusterDefaults, DnsZone, FlavorId, ImageId, InvalidValue, Networking, SubnetId,
+};
+use crate::settings::{SettingsError, millis, seconds};
+
+/// The deployment's settings for founding.
+#[derive(Debug, Clone)]
+pub struct FoundingSettings {
+    /// Subnet, flavor and image for requests that leave them out.
+    pub defaults: ClusterDefaults,
+    /// The zone control-plane names are published in.
+    pub dns_zone: DnsZone,
+    /// In-cluster networking of new clusters.
+    pub networking: Networking,
+    /// Where VMs fetch their bundles.
+    pub bootstrap_base_url: BootstrapBaseUrl,
+    /// How long a node's bootstrap token works.
+    pub bootstrap_token_ttl: Duration,
+    /// How long step 6 waits for every VM's private IPv4 to reach the database.
+    pub vm_address_deadline: Duration,
+    /// The first pause between step 6's reads; it doubles up to one second.
+    pub vm_address_poll_interval: Duration,
+}
+
+/// `[founding]` as configured; [`FoundingSection::settings`] checks it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FoundingSection {
+    /// `api.cluster-<id>.<dns_zone>`.
+    pub dns_zone: String,
+    /// Subnet of requests that name none.
+    pub default_subnet_id: String,
+    /// VM size of requests that name none.
+    pub default_flavor: String,
+    /// VM image of requests that name none.
+    pub default_image: String,
+    /// Where VMs reach plinth.
+    pub bootstrap_base_url: String,
+    /// Bootstrap token lifetime, seconds.
+    pub bootstrap_token_ttl_secs: u64,
+    /// Step 6's deadline, seconds.
+    pub vm_address_deadline_secs: u64,
+    /// Step 6's first pause, milliseconds.
+    pub vm_address_poll_ms: u64,
+    /// Pod network.
+    pub pod_cidr: String,
+    /// Service network.
+    pub service_cidr: String,
+    /// Cluster DNS domain.
+    pub cluster_dns_domain: String,
+    /// kube-apiserver's port.
+    pub api_server_port: u16,
+}
+
+impl FoundingSection {
+    /// The checked settings; errors name their key within the section.
+    ///
+    /// # Errors
+    /// The first key that cannot work.
+    pub fn settings(&self) -> Result<FoundingSettings, SettingsError> {
+        fn parse<T>(key: &str, result: Result<T, InvalidValue>) -> Result<T, SettingsError> {
+            result.map_err(|InvalidValue(reason)| SettingsError::new(key, reason))
+        }
+        let cidr = |key: &str, value: &str| {
+            value
+                .parse::<ipnet::Ipv4Net>()
+                .map_err(|e| SettingsError::new(key, format!("{value:?}: {e}")))
+        };
+        let networking = Networking::new(
+            cidr("pod_cidr", &self.pod_cidr)?,
+            cidr("service_cidr", &self.service_cidr)?,
+            &self.cluster_dns_domain,
+            self.api_server_port,
+        )
+        .map_err(|e| SettingsError::new("service_cidr", e))?;
+        Ok(FoundingSettings {
+            defaults: ClusterDefaults {
+                subnet_id: parse(
+                    "default_subnet_id",
+                    SubnetId::parse(&self.default_subnet_id),
+                )?,
+                flavor: parse("default_flavor", FlavorId::parse(&self.default_flavor))?,
+                image: parse("default_image", ImageId::parse(&self.default_image))?,
+            },
+            dns_zone: parse("dns_zone", DnsZone::parse(&self.dns_zone))?,
+            networking,
+            bootstrap_base_url: parse(
+                "bootstrap_base_url",
+                BootstrapBaseUrl::parse(&self.bootstrap_base_url),
+            )?,
+            bootstrap_token_ttl: seconds(
+                "bootstrap_token_ttl_secs",
+                self.bootstrap_token_ttl_secs,
+            )?,
+            vm_address_deadline: seconds(
+                "vm_address_deadline_secs",
+                self.vm_address_deadline_secs,
+            )?,
+            vm_address_poll_interval: millis("vm_address_poll_ms", self.vm_address_poll_ms)?,
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Fixtures in the domain's own types, for this crate's unit tests and, with the `mocks` feature,
+//! for other crates' tests: founding settings, stand-in certificates and keys, and a cluster row.
+//!
+//! They live here rather than in plinth-testkit because the domain's unit tests need them too,
+//! and a dev-dependency on testkit would build a second copy of this crate whose types do not
+//! match the ones under test.
+//!
+//! Certificates come in two shapes. [`certified`] is plain text (`cert of <label>`), for doubles
+//! whose output a test compares verbatim. [`pem_certified`] is PEM-shaped, for code that handles
+//! the text as PEM (bundles, storage); its bodies carry `CERT-<label>` and `SECRET-<label>`, so a
+//! test can search a file, a column or a database dump for key material.
+
+#![allow(clippy::unwrap_used)] // fixed fixture values: one that does not parse is a broken test
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::found_cluster::{BootstrapBaseUrl, FoundingSettings};
+use crate::model::{
+    ClusterDefaults, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, ControlPlaneCount,
+    DnsZone, FlavorId, ImageId, Networking, OrgId, SecretText, SecurityGroupChoice, SubnetId,
+};
+use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use crate::ports::repo::NewClusterRecord;
+
+/// The DNS zone of test foundings (PowerDNS tests create it; nothing outside resolves `.test`).
+pub const ZONE: &str = "k8s.plinth.test";
+
+/// Founding settings for tests: the compute service's `subnet-local` with its `m1.medium` and
+/// `debian-12`, [`ZONE`], kubeadm's networking, a 24 h bootstrap token and a 30 s address
+/// deadline polled every 100 ms. Tests that need other values write
+/// `FoundingSettings { vm_address_deadline: …, ..founding_settings() }`.
+pub fn founding_settings() -> FoundingSettings {
+    FoundingSettings {
+        defaults: ClusterDefaults {
+            subnet_id: SubnetId::parse("subnet-local").unwrap(),
+            flavor: FlavorId::parse("m1.medium").unwrap(),
+            image: ImageId::parse("debian-12").unwrap(),
+        },
+        dns_zone: DnsZone::parse(ZONE).unwrap(),
+        networking: Networking::default(),
+        // No test serves bundles at this address: VMs in tests never fetch them from here.
+        bootstrap_base_url: BootstrapBaseUrl::parse("https://plinth.test:8443").unwrap(),
+        bootstrap_token_ttl: Duration::from_secs(24 * 3600),
+        vm_address_deadline: Duration::from_secs(30),
+        vm_address_poll_interval: Duration::from_millis(100),
+    }
+}
+
+/// A stand-in certificate and key named by `label`: `cert of <label>`, `key of <label>`.
+pub fn certified(label: &str) -> CertifiedKey {
+    CertifiedKey {
+        cert_pem: format!("cert of {label}"),
+        key_pem: SecretText::new(format!("key of {label}")),
+    }
+}
+
+/// A PEM-shaped stand-in certificate (`CERT-<label>`) and key (`SECRET-<label>`).
+pub fn pem_certified(label: &str) -> CertifiedKey {
+    CertifiedKey {
+        cert_pem: format!("-----BEGIN CERTIFICATE-----\nCERT-{label}\n-----END CERTIFICATE-----\n"),
+        key_pem: pem_private_key(label),
+    }
+}
+
+/// A PEM-shaped stand-in private key holding `SECRET-<label>`.
+fn pem_private_key(label: &str) -> SecretText {
+    SecretText::new(format!(
+        "-----BEGIN PRIVATE KEY-----\nSECRET-{label}\n-----END PRIVATE KEY-----\n"
+    ))
+}
+
+/// A cluster's three CAs from `certify`, labelled `ca`, `etcd-ca` and `front-proxy-ca` (the
+/// names of their files in a bundle).
+pub fn cluster_ca_with(certify: impl Fn(&str) -> CertifiedKey) -> ClusterCa {
+    ClusterCa {
+        root: certify("ca"),
+        etcd: certify("etcd-ca"),
+        front_proxy: certify("front-proxy-ca"),
+    }
+}
+
+/// The three CAs in the plain shape of [`certified`].
+pub fn cluster_ca() -> ClusterCa {
+    cluster_ca_with(certified)
+}
+
+/// A stand-in service-account key pair: `sa.pub`, `sa.key`.
+pub fn service_account() -> ServiceAccountKeyPair {
+    ServiceAccountKeyPair {
+        public_key_pem: "sa.pub".into(),
+        private_key_pem: SecretText::new("sa.key"),
+    }
+}
+
+/// A PEM-shaped stand-in service-account key pair; the private key holds `SECRET-<label>`.
+pub fn pem_service_account(label: &str) -> ServiceAccountKeyPair {
+    ServiceAccountKeyPair {
+        public_key_pem: format!(
+            "-----BEGIN PUBLIC KEY-----\nPUBLIC-{label}\n-----END PUBLIC KEY-----\n"
+        ),
+        private_key_pem: pem_private_key(label),
+    }
+}
+
+/// The row of a new cluster of `org` with `count` nodes, created at `created_at`, on
+/// [`founding_settings`]' defaults, zone and networking, letting plinth create its security
+/// group. Its keys are PEM-shaped and labelled with the cluster's id (`<id>-ca`, `<id>-sa`, …),
+/// so two clusters' keys never match.
+pub fn cluster_record(
+    org: &str,
+    name: Option<&str>,
+    count: u8,
+    created_at: OffsetDateTime,
+) -> NewClusterRecord {
+    let id = ClusterId::new_random();
+    let settings = founding_settings();
+    let names = ClusterDnsNames::new(id, &settings.dns_zone);
+    NewClusterRecord {
+        id,
+        org: OrgId::parse(org).unwrap(),
+        spec: ClusterSpec {
+            name: name.map(|n| ClusterName::parse(n).unwrap()),
+            control_plane_count: ControlPlaneCount::new(i64::from(count)).unwrap(),
+            subnet_id: settings.defaults.subnet_id,
+            flavor: settings.defaults.flavor,
+            image: settings.defaults.image,
+            security_groups: SecurityGroupChoice::CreateForCluster,
+        },
+        networking: settings.networking,
+        control_plane_dns_name: names.control_plane,
+        ingress_wildcard_dns_name: names.ingress_wildcard,
+        ca: cluster_ca_with(|label| pem_certified(&format!("{id}-{label}"))),
+        service_account: pem_service_account(&format!("{id}-sa")),
+        created_at,
+    }
+}

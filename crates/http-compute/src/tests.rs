@@ -1,0 +1,187 @@
+//! Settings, and how answers and transport failures map to `ComputeError`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::error::Error as _;
+
+use plinth_domain::model::SecretText;
+use plinth_domain::ports::Chain;
+use serde_json::json;
+
+use super::*;
+
+fn settings(value: serde_json::Value) -> Result<HttpComputeSettings, serde_json::Error> {
+    serde_json::from_value(value)
+}
+
+fn key_of(settings: &HttpComputeSettings) -> String {
+    settings.check().unwrap_err().key
+}
+
+#[test]
+fn the_section_deserializes_with_its_defaults() {
+    let s =
+        settings(json!({"base_url": "http://127.0.0.1:8081/", "token": "t0k3n-t0k3n"})).unwrap();
+    assert_eq!(
+        (
+            s.connect_timeout_ms,
+            s.request_timeout_ms,
+            s.max_attempts,
+            s.backoff_base_ms,
+            s.backoff_max_ms
+        ),
+        (2000, 10_000, 3, 100, 2000)
+    );
+    assert_eq!(s.token.as_ref().unwrap().expose(), "t0k3n-t0k3n");
+    assert!(s.token_file.is_none());
+    s.check().unwrap();
+    let made = HttpComputeSettings::new("http://127.0.0.1:8081/", SecretText::new("t0k3n-t0k3n"));
+    assert_eq!(format!("{made:?}"), format!("{s:?}"));
+    assert!(!format!("{s:?}").contains("t0k3n"), "Debug shows the token");
+
+    let resolved = s.resolve().unwrap();
+    assert_eq!(resolved.base_url, "http://127.0.0.1:8081");
+    assert!(resolved.authorization.is_sensitive());
+    assert_eq!(resolved.retry.max_attempts, 3);
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    let err = settings(json!({"base_url": "http://x", "tokn": "t"})).unwrap_err();
+    assert!(err.to_string().contains("tokn"), "{err}");
+}
+
+#[test]
+fn each_bad_key_is_named_relative_to_the_section() {
+    let good = HttpComputeSettings::new("http://compute.test", SecretText::new("token"));
+    let bad = |change: fn(&mut HttpComputeSettings)| {
+        let mut s = good.clone();
+        change(&mut s);
+        key_of(&s)
+    };
+    assert_eq!(
+        bad(|s| s.base_url = "ftp://compute.test".into()),
+        "base_url"
+    );
+    assert_eq!(bad(|s| s.token = None), "token");
+    assert_eq!(bad(|s| s.token = Some(SecretText::new(""))), "token");
+    assert_eq!(
+        bad(|s| s.token_file = Some("/nonexistent/plinth-token".into())),
+        "token",
+        "both given"
+    );
+    assert_eq!(bad(|s| s.token = Some(SecretText::new("a\nb"))), "token");
+    assert_eq!(bad(|s| s.connect_timeout_ms = 0), "connect_timeout_ms");
+    assert_eq!(bad(|s| s.request_timeout_ms = 0), "request_timeout_ms");
+    assert_eq!(bad(|s| s.max_attempts = 0), "max_attempts");
+    assert_eq!(bad(|s| s.backoff_base_ms = 0), "backoff_base_ms");
+    assert_eq!(bad(|s| s.backoff_max_ms = 50), "backoff_max_ms");
+
+    let mut s = good.clone();
+    s.base_url = "nope".into();
+    let Err(HttpComputeSetupError::Settings(e)) = HttpCompute::new(s) else {
+        panic!("a bad base_url must be a settings error")
+    };
+    assert_eq!(e.within("compute").key, "compute.base_url");
+}
+
+#[test]
+fn the_token_may_come_from_a_file() {
+    let file = std::env::temp_dir().join(format!("plinth-compute-token-{}", std::process::id()));
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let s = settings(json!({"base_url": "http://x", "token": "", "token_file": file})).unwrap();
+    let resolved = s.resolve().unwrap();
+    assert_eq!(
+        resolved.authorization.to_str().unwrap(),
+        "Bearer from-a-file"
+    );
+    HttpCompute::new(s).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let s = settings(json!({"base_url": "http://x", "token_file": file})).unwrap();
+    assert_eq!(key_of(&s), "token_file");
+}
+
+fn answer(status: u16, body: &str) -> Answer {
+    Answer {
+        status: StatusCode::from_u16(status).unwrap(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn statuses_map_to_the_ports_errors_with_the_services_words() {
+    let problem = |detail: &str| json!({"title": "t", "status": 0, "detail": detail}).to_string();
+    let e = failure(
+        "reading a subnet",
+        &answer(404, &problem("subnet subnet-x does not exist")),
+    );
+    let ComputeError::NotFound(m) = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(m, "reading a subnet: subnet subnet-x does not exist");
+    let e = failure(
+        "deleting a security group",
+        &answer(409, &problem("in use by vm-1")),
+    );
+    assert!(
+        matches!(&e, ComputeError::Conflict(m) if m.ends_with("in use by vm-1")),
+        "{e}"
+    );
+    for status in [400, 422] {
+        let e = failure("creating a VM", &answer(status, &problem("unknown image")));
+        assert!(
+            matches!(&e, ComputeError::Rejected(m) if m == "creating a VM: unknown image"),
+            "{e}"
+        );
+    }
+    for status in [401, 403] {
+        let e = failure("creating a VM", &answer(status, "go away"));
+        let ComputeError::Rejected(m) = &e else {
+            panic!("{e}")
+        };
+        assert!(m.contains("refused plinth's credentials"), "{m}");
+    }
+    for status in [429, 500, 503] {
+        let e = failure("reading a VM", &answer(status, "busy"));
+        assert!(matches!(e, ComputeError::Unavailable(_)), "{e}");
+        assert!(
+            Chain(&e)
+                .to_string()
+                .starts_with("compute service unavailable: reading a VM: busy (")
+        );
+    }
+    let e = failure("reading a VM", &answer(302, ""));
+    assert!(matches!(e, ComputeError::Unexpected(_)), "{e}");
+    assert_eq!(
+        Chain(&e).to_string(),
+        "unexpected compute failure: reading a VM: 302 Found (302 Found)"
+    );
+}
+
+#[test]
+fn transport_failures_and_unreadable_answers_keep_their_cause() {
+    let e = transport("reading a VM", TransportError::TooLarge { limit: 1 });
+    assert!(matches!(e, ComputeError::Unexpected(_)), "{e}");
+    assert_eq!(
+        Chain(&e).to_string(),
+        "unexpected compute failure: reading a VM: the answer's body is larger than 1 bytes"
+    );
+
+    let Err(e) = understood::<IdBody>("creating a VM", &answer(201, "{}")) else {
+        panic!("an answer without an id must not be understood")
+    };
+    assert!(matches!(e, ComputeError::Unexpected(_)), "{e}");
+    let cause = e.source().unwrap();
+    assert_eq!(
+        cause.to_string(),
+        "creating a VM: the compute service's answer is not understood"
+    );
+    assert!(
+        cause
+            .source()
+            .unwrap()
+            .to_string()
+            .contains("missing field `id`")
+    );
+}

@@ -1,0 +1,10 @@
+//! plinth end to end: the service over real HTTP, with real PostgreSQL, the real compute service,
+//! a real PowerDNS, and the real programs a cluster runs (etcd, kubectl, openssl). One binary,
+//! one module per area.
+
+#![allow(clippy::unwrap_used)] // a test that cannot go on must stop loudly
+
+mod auth;
+mod bootstrap;
+mod clusters;
+mod support;
