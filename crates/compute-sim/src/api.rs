@@ -1,5 +1,6 @@
 //! The compute contract (docs/ARCHITECTURE.md §4) over HTTP: JSON, a bearer service token, RFC 9457 problem+json errors,
-//! OpenAPI at `GET /openapi.json`, and `/admin/faults` to change fault injection at run time.
+//! `Idempotency-Key` on VM and security group creation, listing by tag, OpenAPI at
+//! `GET /openapi.json`, and `/admin/faults` to change fault injection at run time.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::faults::{FaultRule, FaultState, Faults, Operation, Verdict};
-use crate::store::{NewVm, Store, StoreError, Vm};
+use crate::store::{Idempotency, LIST_LIMIT, NewVm, SecurityGroup, Store, StoreError, Vm};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -189,7 +190,7 @@ pub struct SubnetBody {
 }
 
 /// A security group to create.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSecurityGroupBody {
     /// Name.
@@ -208,6 +209,15 @@ pub struct SecurityGroupBody {
     pub name: String,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// The security groups carrying a tag: at most 1000, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SecurityGroupList {
+    /// The groups.
+    pub security_groups: Vec<SecurityGroupBody>,
 }
 
 /// An ingress rule to add.
@@ -286,10 +296,19 @@ pub struct VmBody {
     pub security_group_ids: Vec<String>,
     /// Tags.
     pub tags: BTreeMap<String, String>,
-    /// Userdata.
-    pub user_data: String,
+    /// Userdata (it holds the node's bootstrap token): in the answer about one VM, never in a
+    /// listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
+}
+
+/// The VMs carrying a tag: at most 1000, newest first, without their userdata.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VmList {
+    /// The VMs.
+    pub vms: Vec<VmBody>,
 }
 
 fn address(net: Option<IpNet>) -> Option<String> {
@@ -314,13 +333,26 @@ impl From<Vm> for VmBody {
             subnet_id: vm.subnet_id,
             security_group_ids: vm.security_group_ids,
             tags: tags_from(vm.tags),
-            user_data: vm.user_data,
-            created_at: vm
-                .created_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            user_data: Some(vm.user_data),
+            created_at: rfc3339(vm.created_at),
         }
     }
+}
+
+impl From<SecurityGroup> for SecurityGroupBody {
+    fn from(group: SecurityGroup) -> Self {
+        Self {
+            id: group.id,
+            name: group.name,
+            tags: tags_from(group.tags),
+            created_at: rfc3339(group.created_at),
+        }
+    }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Fault rules to set: an operation mapped to a rule, or to `null` to remove its rule.
@@ -357,6 +389,66 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The request's `Idempotency-Key` (1 to 255 visible ASCII characters), with the fingerprint of
+/// `body`; none without the header.
+fn idempotency<B: Serialize>(
+    request: &HttpRequest,
+    body: &B,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = request.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible characters")
+        })?;
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: serde_json::to_string(body).unwrap_or_default(),
+    }))
+}
+
+// The OpenAPI descriptions and the list schemas say "at most 1000".
+const _: () = assert!(
+    LIST_LIMIT == 1000,
+    "update the OpenAPI texts with LIST_LIMIT"
+);
+
+const TAG_FORM: &str = "the query needs exactly one tag parameter, as tag=<key>=<value>";
+
+/// The `tag` query parameter, split at its first `=`: `(key, value)`. Any other parameter, a
+/// second `tag`, or a tag without `=` or key is refused.
+fn tag_parameter(query: &[(String, String)]) -> Result<(String, String), ApiError> {
+    if let Some((other, _)) = query.iter().find(|(name, _)| name != "tag") {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {other:?}: {TAG_FORM}"
+        )));
+    }
+    let [(_, tag)] = query else {
+        return Err(ApiError::bad_request(format!(
+            "{} tag parameters given: {TAG_FORM}",
+            query.len()
+        )));
+    };
+    let (key, value) = tag
+        .split_once('=')
+        .ok_or_else(|| ApiError::bad_request(format!("tag {tag:?} has no '=': {TAG_FORM}")))?;
+    if key.is_empty() || key.len() > 128 || key.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "the key of tag {tag:?} must have 1 to 128 characters and no control characters"
+        )));
+    }
+    if value.len() > 256 {
+        return Err(ApiError::bad_request(format!(
+            "the value of tag parameter {key:?} is over 256 characters"
+        )));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 // ---- handlers ---------------------------------------------------------------------------------
 
 /// Read a subnet's address ranges.
@@ -379,31 +471,66 @@ pub async fn get_subnet(
     }))
 }
 
-/// Create a security group (no rules yet).
+/// Create a security group (no rules yet). With an `Idempotency-Key` header, a retry of the same
+/// request returns the same group.
 #[utoipa::path(post, path = "/v1/security-groups", tag = "compute", request_body = NewSecurityGroupBody,
-    responses((status = 201, body = SecurityGroupBody), (status = 422, body = Problem), (status = 401, body = Problem)),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible characters. \
+        The same key with the same body gives the group the first request created (200); with another body, 422. \
+        Retries of one key are serialised. Keys of security groups and of VMs are apart: a VM's key never replays as a group.")),
+    responses((status = 201, body = SecurityGroupBody), (status = 200, description = "A retry: the group the first request created", body = SecurityGroupBody),
+        (status = 400, description = "A malformed Idempotency-Key", body = Problem),
+        (status = 422, description = "A refused name or tags, or a key reused with another body", body = Problem),
+        (status = 401, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_security_group(
     _: Authenticated,
     state: web::Data<AppState>,
+    request: HttpRequest,
     body: web::Json<NewSecurityGroupBody>,
 ) -> Result<HttpResponse, ApiError> {
     check_name("name", &body.name, 255)?;
     check_tags(&body.tags)?;
+    let key = idempotency(&request, &*body)?;
     let after = faults_before(&state, Operation::CreateSecurityGroup).await?;
     let tags = serde_json::to_value(&body.tags).unwrap_or_default();
-    let group = state.store.create_security_group(&body.name, tags).await?;
+    let (group, created) = state
+        .store
+        .create_security_group(&body.name, tags, key)
+        .await?;
     fail_after(after)?;
-    Ok(HttpResponse::Created()
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
         .insert_header((
             header::LOCATION,
             format!("/v1/security-groups/{}", group.id),
         ))
-        .json(SecurityGroupBody {
-            id: group.id,
-            name: group.name,
-            tags: tags_from(group.tags),
-        }))
+        .json(SecurityGroupBody::from(group)))
+}
+
+/// List the security groups carrying a tag: at most 1000 (the newest), newest first.
+#[utoipa::path(get, path = "/v1/security-groups", tag = "compute",
+    params(("tag" = String, Query, description = "`<key>=<value>`, split at the first `=` (so the value may hold `=`; an empty value matches tags whose value is empty). \
+        Exactly one; the answer holds the groups whose tags include this one, at most 1000 of them, the newest first.")),
+    responses((status = 200, body = SecurityGroupList),
+        (status = 400, description = "No tag parameter, more than one, an unknown parameter, or a tag without `=` or key", body = Problem),
+        (status = 401, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_security_groups(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<web::Json<SecurityGroupList>, ApiError> {
+    let (key, value) = tag_parameter(&query)?;
+    let after = faults_before(&state, Operation::ListSecurityGroups).await?;
+    let groups = state.store.list_security_groups(&key, &value).await?;
+    fail_after(after)?;
+    Ok(web::Json(SecurityGroupList {
+        security_groups: groups.into_iter().map(SecurityGroupBody::from).collect(),
+    }))
 }
 
 /// Add an ingress rule to a security group.
@@ -471,9 +598,13 @@ pub async fn delete_security_group(
 /// Create a VM. Its row, with its addresses, is committed before this answers. With an
 /// `Idempotency-Key` header, a retry of the same request returns the same VM.
 #[utoipa::path(post, path = "/v1/vms", tag = "compute", request_body = NewVmBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible characters. \
+        The same key with the same body gives the VM the first request created (200); with another body, 422. \
+        Retries of one key are serialised. Keys of VMs and of security groups are apart: a group's key never replays as a VM.")),
     responses((status = 201, body = VmBody), (status = 200, description = "A retry: the VM the first request created", body = VmBody),
-        (status = 409, description = "No address left", body = Problem), (status = 422, body = Problem)),
+        (status = 400, description = "A malformed Idempotency-Key", body = Problem),
+        (status = 409, description = "No address left", body = Problem),
+        (status = 422, description = "An unknown subnet or group, a refused field, or a key reused with another body", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_vm(
     _: Authenticated,
@@ -492,20 +623,7 @@ pub async fn create_vm(
             "user_data is over 64 KiB",
         ));
     }
-    let key = match request.headers().get("Idempotency-Key") {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible characters")
-                })?;
-            let fingerprint = serde_json::to_string(&*body).unwrap_or_default();
-            Some((key.to_owned(), fingerprint))
-        }
-    };
+    let key = idempotency(&request, &*body)?;
     let after = faults_before(&state, Operation::CreateVm).await?;
     let vm = NewVm {
         name: body.name.clone(),
@@ -526,6 +644,34 @@ pub async fn create_vm(
     Ok(HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v1/vms/{}", vm.id)))
         .json(VmBody::from(vm)))
+}
+
+/// List the VMs carrying a tag, with their userdata: at most 1000 (the newest), newest first.
+#[utoipa::path(get, path = "/v1/vms", tag = "compute",
+    params(("tag" = String, Query, description = "`<key>=<value>`, split at the first `=` (so the value may hold `=`; an empty value matches tags whose value is empty). \
+        Exactly one; the answer holds the VMs whose tags include this one, at most 1000 of them, the newest first.")),
+    responses((status = 200, body = VmList),
+        (status = 400, description = "No tag parameter, more than one, an unknown parameter, or a tag without `=` or key", body = Problem),
+        (status = 401, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_vms(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<web::Json<VmList>, ApiError> {
+    let (key, value) = tag_parameter(&query)?;
+    let after = faults_before(&state, Operation::ListVms).await?;
+    let vms = state.store.list_vms(&key, &value).await?;
+    fail_after(after)?;
+    Ok(web::Json(VmList {
+        vms: vms
+            .into_iter()
+            .map(|vm| VmBody {
+                user_data: None,
+                ..VmBody::from(vm)
+            })
+            .collect(),
+    }))
 }
 
 /// Read a VM, with its userdata.
@@ -615,11 +761,12 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "plinth compute service", description = "The compute contract plinth drives (docs/ARCHITECTURE.md §4 in the plinth repository): subnets, security groups, VMs."),
-    paths(get_subnet, create_security_group, add_rule, delete_security_group, create_vm, get_vm,
-          delete_vm, get_faults, put_faults, delete_faults, healthz, readyz),
-    components(schemas(Problem, SubnetBody, NewSecurityGroupBody, SecurityGroupBody, NewRuleBody,
-                       RuleBody, NewVmBody, VmBody, FaultRule, FaultState, Operation)),
+    info(title = "plinth compute service", description = "The compute contract plinth drives (docs/ARCHITECTURE.md §4 in the plinth repository): subnets, security groups, VMs. \
+        Creating a VM or a security group takes an optional Idempotency-Key; both can be listed by tag (at most 1000, newest first)."),
+    paths(get_subnet, create_security_group, list_security_groups, add_rule, delete_security_group,
+          create_vm, list_vms, get_vm, delete_vm, get_faults, put_faults, delete_faults, healthz, readyz),
+    components(schemas(Problem, SubnetBody, NewSecurityGroupBody, SecurityGroupBody, SecurityGroupList,
+                       NewRuleBody, RuleBody, NewVmBody, VmBody, VmList, FaultRule, FaultState, Operation)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -659,14 +806,20 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::PathConfig::default()
                 .error_handler(|e, _| ApiError::bad_request(e.to_string()).into()),
         )
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into()),
+        )
         .route("/v1/subnets/{id}", web::get().to(get_subnet))
         .route("/v1/security-groups", web::post().to(create_security_group))
+        .route("/v1/security-groups", web::get().to(list_security_groups))
         .route("/v1/security-groups/{id}/rules", web::post().to(add_rule))
         .route(
             "/v1/security-groups/{id}",
             web::delete().to(delete_security_group),
         )
         .route("/v1/vms", web::post().to(create_vm))
+        .route("/v1/vms", web::get().to(list_vms))
         .route("/v1/vms/{id}", web::get().to(get_vm))
         .route("/v1/vms/{id}", web::delete().to(delete_vm))
         .route("/admin/faults", web::get().to(get_faults))

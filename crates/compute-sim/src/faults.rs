@@ -28,6 +28,10 @@ pub enum Operation {
     GetVm,
     /// `DELETE /v1/vms/{id}`
     DeleteVm,
+    /// `GET /v1/vms?tag=<key>=<value>`
+    ListVms,
+    /// `GET /v1/security-groups?tag=<key>=<value>`
+    ListSecurityGroups,
 }
 
 fn certain() -> f64 {
@@ -44,7 +48,8 @@ pub struct FaultRule {
     /// Fail with this HTTP status (400–599); none: only the latency.
     #[serde(default)]
     pub status: Option<u16>,
-    /// The first this-many calls are spared.
+    /// The first this-many calls are spared: no latency, no failure (so a test can let `k`
+    /// VM creations through and hold the rest).
     #[serde(default)]
     pub after_calls: u64,
     /// Fail at most this many calls; none: every call after `after_calls`.
@@ -171,7 +176,12 @@ impl Faults {
                 }
                 _ => Verdict::Proceed,
             };
-            (Duration::from_millis(rule.latency_ms), verdict)
+            let latency = if state.calls > rule.after_calls {
+                Duration::from_millis(rule.latency_ms)
+            } else {
+                Duration::ZERO
+            };
+            (latency, verdict)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -262,6 +272,29 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert_eq!(faults.enter(Operation::GetSubnet).await, Verdict::Proceed);
         assert_eq!(started.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spared_calls_get_no_latency_either() {
+        let faults = Faults::default();
+        faults.set(
+            Operation::CreateVm,
+            Some(FaultRule {
+                latency_ms: 1_000,
+                status: None,
+                ..failing(2, None)
+            }),
+        );
+        let started = tokio::time::Instant::now();
+        faults.enter(Operation::CreateVm).await;
+        faults.enter(Operation::CreateVm).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the first two are spared"
+        );
+        faults.enter(Operation::CreateVm).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(1_000));
     }
 
     #[test]

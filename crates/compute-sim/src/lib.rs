@@ -4,8 +4,10 @@
 //! VM rows, with their addresses, are committed before `POST /v1/vms` answers — the `vms` table
 //! plinth reads back during a founding. Private IPv4 comes from the subnet, IPv6 from its /64,
 //! public IPv4 from a pool; the default subnet `subnet-local` (127.10.0.0/24, fd00:10::/64,
-//! public pool 127.20.0.0/24) hands out loopback addresses a test can bind to. Latency and
-//! failures can be injected per operation, at start and through `/admin/faults`.
+//! public pool 127.20.0.0/24) hands out loopback addresses a test can bind to. Creating a VM or a
+//! security group takes an `Idempotency-Key` (a retry gets the same resource), and both can be
+//! listed by tag. Latency and failures can be injected per operation, at start and through
+//! `/admin/faults`.
 
 pub mod alloc;
 pub mod api;

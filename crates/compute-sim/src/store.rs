@@ -1,5 +1,5 @@
 //! The compute service's state in PostgreSQL: subnets, security groups and rules, VMs with their
-//! addresses, idempotency keys.
+//! addresses, idempotency keys (one namespace per resource kind), listing by tag.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -67,10 +67,12 @@ mod schema {
         }
     }
     diesel::table! {
-        idempotency_keys (key) {
+        idempotency_keys (kind, key) {
+            kind -> Text,
             key -> Text,
             request_fingerprint -> Text,
-            vm_id -> Text,
+            vm_id -> Nullable<Text>,
+            security_group_id -> Nullable<Text>,
             created_at -> Timestamptz,
         }
     }
@@ -144,6 +146,8 @@ pub struct SecurityGroup {
     pub name: String,
     /// Tags (a JSON object of strings).
     pub tags: Value,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
 }
 
 /// A rule as stored.
@@ -192,6 +196,34 @@ pub struct Vm {
     pub user_data: String,
     /// Creation time.
     pub created_at: OffsetDateTime,
+}
+
+/// The most resources one listing by tag returns (the newest ones).
+pub const LIST_LIMIT: i64 = 1000;
+
+/// An `Idempotency-Key` and the fingerprint of the request that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, as the caller sent it.
+    pub key: String,
+    /// What the request asked for; a repeat must ask for the same.
+    pub fingerprint: String,
+}
+
+/// The resource kinds whose creation takes an idempotency key; each has its own key namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Vm,
+    SecurityGroup,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Vm => "vm",
+            Self::SecurityGroup => "security_group",
+        }
+    }
 }
 
 /// A VM to create.
@@ -304,21 +336,69 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("subnet {id} does not exist")))
     }
 
-    /// Creates a security group without rules.
+    /// Creates a security group without rules. With an idempotency key, a repeat of the same
+    /// request returns the group the first one made (`false`: not created now).
     pub async fn create_security_group(
         &self,
         name: &str,
         tags: Value,
-    ) -> Result<SecurityGroup, StoreError> {
+        idempotency: Option<Idempotency>,
+    ) -> Result<(SecurityGroup, bool), StoreError> {
         let mut conn = self.conn().await?;
-        Ok(diesel::insert_into(security_groups::table)
-            .values((
-                security_groups::id.eq(new_id("sg")),
-                security_groups::name.eq(name),
-                security_groups::tags.eq(tags),
+        let name = name.to_owned();
+        conn.transaction::<_, StoreError, _>(async |c| {
+            if let Some(idempotency) = &idempotency
+                && let Some(id) = replayed(c, Kind::SecurityGroup, idempotency).await?
+            {
+                let existing = security_groups::table
+                    .find(&id)
+                    .select(SecurityGroup::as_select())
+                    .first(c)
+                    .await?;
+                return Ok((existing, false));
+            }
+            let created: SecurityGroup = diesel::insert_into(security_groups::table)
+                .values((
+                    security_groups::id.eq(new_id("sg")),
+                    security_groups::name.eq(&name),
+                    security_groups::tags.eq(&tags),
+                ))
+                .returning(SecurityGroup::as_returning())
+                .get_result(c)
+                .await?;
+            if let Some(idempotency) = &idempotency {
+                diesel::insert_into(idempotency_keys::table)
+                    .values((
+                        idempotency_keys::kind.eq(Kind::SecurityGroup.as_str()),
+                        idempotency_keys::key.eq(&idempotency.key),
+                        idempotency_keys::request_fingerprint.eq(&idempotency.fingerprint),
+                        idempotency_keys::security_group_id.eq(Some(&created.id)),
+                    ))
+                    .execute(c)
+                    .await?;
+            }
+            Ok((created, true))
+        })
+        .await
+    }
+
+    /// The newest [`LIST_LIMIT`] security groups whose tags include `key` = `value`, newest
+    /// first.
+    pub async fn list_security_groups(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<SecurityGroup>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(security_groups::table
+            .filter(security_groups::tags.contains(tag(key, value)))
+            .order((
+                security_groups::created_at.desc(),
+                security_groups::id.desc(),
             ))
-            .returning(SecurityGroup::as_returning())
-            .get_result(&mut conn)
+            .limit(LIST_LIMIT)
+            .select(SecurityGroup::as_select())
+            .load(&mut conn)
             .await?)
     }
 
@@ -395,38 +475,19 @@ impl Store {
     pub async fn create_vm(
         &self,
         vm: NewVm,
-        idempotency: Option<(String, String)>,
+        idempotency: Option<Idempotency>,
     ) -> Result<(Vm, bool), StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction::<_, StoreError, _>(async |c| {
-            if let Some((key, fingerprint)) = &idempotency {
-                // Serialises retries of one key; other keys proceed in parallel.
-                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('idempotency:' || $1))")
-                    .bind::<Text, _>(key)
-                    .execute(c)
-                    .await?;
-                let earlier: Option<(String, String)> = idempotency_keys::table
-                    .find(key)
-                    .select((
-                        idempotency_keys::request_fingerprint,
-                        idempotency_keys::vm_id,
-                    ))
+            if let Some(idempotency) = &idempotency
+                && let Some(id) = replayed(c, Kind::Vm, idempotency).await?
+            {
+                let existing = vms::table
+                    .find(&id)
+                    .select(Vm::as_select())
                     .first(c)
-                    .await
-                    .optional()?;
-                if let Some((earlier_fingerprint, vm_id)) = earlier {
-                    if &earlier_fingerprint != fingerprint {
-                        return Err(StoreError::Invalid(format!(
-                            "Idempotency-Key {key} was used with a different request"
-                        )));
-                    }
-                    let existing = vms::table
-                        .find(&vm_id)
-                        .select(Vm::as_select())
-                        .first(c)
-                        .await?;
-                    return Ok((existing, false));
-                }
+                    .await?;
+                return Ok((existing, false));
             }
 
             // Locking the subnet row serialises address choice within the subnet.
@@ -482,12 +543,13 @@ impl Store {
                 .returning(Vm::as_returning())
                 .get_result(c)
                 .await?;
-            if let Some((key, fingerprint)) = &idempotency {
+            if let Some(idempotency) = &idempotency {
                 diesel::insert_into(idempotency_keys::table)
                     .values((
-                        idempotency_keys::key.eq(key),
-                        idempotency_keys::request_fingerprint.eq(fingerprint),
-                        idempotency_keys::vm_id.eq(&created.id),
+                        idempotency_keys::kind.eq(Kind::Vm.as_str()),
+                        idempotency_keys::key.eq(&idempotency.key),
+                        idempotency_keys::request_fingerprint.eq(&idempotency.fingerprint),
+                        idempotency_keys::vm_id.eq(Some(&created.id)),
                     ))
                     .execute(c)
                     .await?;
@@ -509,6 +571,18 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("VM {id} does not exist")))
     }
 
+    /// The newest [`LIST_LIMIT`] VMs whose tags include `key` = `value`, newest first.
+    pub async fn list_vms(&self, key: &str, value: &str) -> Result<Vec<Vm>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(vms::table
+            .filter(vms::tags.contains(tag(key, value)))
+            .order((vms::created_at.desc(), vms::id.desc()))
+            .limit(LIST_LIMIT)
+            .select(Vm::as_select())
+            .load(&mut conn)
+            .await?)
+    }
+
     /// Deletes a VM, freeing its addresses.
     pub async fn delete_vm(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
@@ -520,6 +594,58 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// `{"key": "value"}`, for `tags @> …` (served by the tables' GIN indexes).
+fn tag(key: &str, value: &str) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert(key.to_owned(), Value::String(value.to_owned()));
+    Value::Object(object)
+}
+
+/// Within a transaction: waits for any other request with the same key of `kind` (a
+/// transaction-scoped advisory lock serialises them; other keys proceed in parallel), then
+/// returns the id of the resource an earlier request with this key made — `None` if there was
+/// none. The same key with another request is `Invalid`.
+async fn replayed(
+    c: &mut AsyncPgConnection,
+    kind: Kind,
+    idempotency: &Idempotency,
+) -> Result<Option<String>, StoreError> {
+    let Idempotency { key, fingerprint } = idempotency;
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('idempotency:' || $1 || ':' || $2))")
+        .bind::<Text, _>(kind.as_str())
+        .bind::<Text, _>(key)
+        .execute(c)
+        .await?;
+    let earlier: Option<(String, Option<String>, Option<String>)> = idempotency_keys::table
+        .find((kind.as_str(), key))
+        .select((
+            idempotency_keys::request_fingerprint,
+            idempotency_keys::vm_id,
+            idempotency_keys::security_group_id,
+        ))
+        .first(c)
+        .await
+        .optional()?;
+    let Some((earlier_fingerprint, vm_id, group_id)) = earlier else {
+        return Ok(None);
+    };
+    if &earlier_fingerprint != fingerprint {
+        return Err(StoreError::Invalid(format!(
+            "Idempotency-Key {key} was used with a different request"
+        )));
+    }
+    let id = match kind {
+        Kind::Vm => vm_id,
+        Kind::SecurityGroup => group_id,
+    };
+    id.map(Some).ok_or_else(|| {
+        StoreError::Database(format!(
+            "idempotency key {key} of kind {} points at no resource",
+            kind.as_str()
+        ))
+    })
 }
 
 async fn allocate_private(

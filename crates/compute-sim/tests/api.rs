@@ -1,6 +1,6 @@
 //! The compute service over real HTTP on loopback, on a real PostgreSQL: authentication,
-//! problem+json errors, subnets, groups and rules, VMs and their addresses, idempotency, fault
-//! injection and the OpenAPI document.
+//! problem+json errors, subnets, groups and rules, VMs and their addresses, idempotency of VM and
+//! group creation, listing by tag, fault injection and the OpenAPI document.
 
 #![allow(clippy::unwrap_used)]
 
@@ -70,6 +70,35 @@ impl Sim {
             assert!(value["detail"].is_string(), "{text}");
         }
         (status, value)
+    }
+
+    async fn keyed(&self, path: &str, body: Value, key: &str) -> (StatusCode, Value) {
+        self.call_with(Method::POST, path, Some(body), Some(TOKEN), Some(key))
+            .await
+    }
+
+    /// `GET /v1/<kind>` with these query parameters, percent-encoded.
+    async fn list(&self, kind: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut url = reqwest::Url::parse("http://x/").unwrap();
+        url.set_path(&format!("/v1/{kind}"));
+        if !params.is_empty() {
+            url.query_pairs_mut().extend_pairs(params);
+        }
+        let path = &url.as_str()["http://x".len()..];
+        self.call(Method::GET, path, None).await
+    }
+
+    /// The ids `GET /v1/<kind>?tag=<tag>` answers, in its order.
+    async fn listed(&self, kind: &str, tag: &str) -> Vec<String> {
+        let (status, body) = self.list(kind, &[("tag", tag)]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let field = kind.replace('-', "_");
+        body[field.as_str()]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {field} in {body}"))
+            .iter()
+            .map(|item| item["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     async fn vm(&self, name: &str, groups: &[&str]) -> (StatusCode, Value) {
@@ -334,6 +363,354 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_same_vm() {
     assert_ne!(other["id"], first["id"]);
 }
 
+fn group_body(name: &str, cluster: &str) -> Value {
+    json!({"name": name, "tags": {"plinth.io/cluster-id": cluster, "plinth.io/role": "control-plane"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_the_same_idempotency_key_returns_the_same_group() {
+    let sim = Sim::start().await;
+    let path = "/v1/security-groups";
+    let body = group_body("cp", "c1");
+    let (first_status, first) = sim.keyed(path, body.clone(), "op-1/security-group").await;
+    let (again_status, again) = sim.keyed(path, body.clone(), "op-1/security-group").await;
+    assert_eq!(
+        (first_status, again_status),
+        (StatusCode::CREATED, StatusCode::OK),
+        "{first} {again}"
+    );
+    assert_eq!(first, again, "a replay answers the first group as it was");
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(
+        sim.listed("security-groups", "plinth.io/cluster-id=c1")
+            .await,
+        [id]
+    );
+
+    // The same key with another body is refused; nothing is made.
+    let (status, refused) = sim
+        .keyed(path, group_body("other", "c1"), "op-1/security-group")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("op-1/security-group was used with a different request"),
+        "{refused}"
+    );
+    assert_eq!(
+        sim.listed("security-groups", "plinth.io/cluster-id=c1")
+            .await,
+        [id]
+    );
+
+    // Keys that are not 1 to 255 visible characters.
+    let long = "k".repeat(256);
+    for bad in ["", "a b", long.as_str()] {
+        let (status, problem) = sim.keyed(path, body.clone(), bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{problem}"
+        );
+    }
+    let (status, _) = sim.keyed(path, body.clone(), &"k".repeat(255)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Without a key, every request makes a group.
+    let (_, one) = sim.call(Method::POST, path, Some(body.clone())).await;
+    let (_, two) = sim.call(Method::POST, path, Some(body.clone())).await;
+    assert_ne!(one["id"], two["id"]);
+
+    // Deleting the group frees its key.
+    let (status, _) = sim
+        .call(Method::DELETE, &format!("{path}/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, fresh) = sim.keyed(path, body, "op-1/security-group").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(fresh["id"], first["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_retries_of_one_group_key_make_one_group() {
+    let sim = Sim::start().await;
+    let body = group_body("cp", "c-race");
+    let answers = futures::future::join_all((0..8).map(|_| {
+        sim.keyed(
+            "/v1/security-groups",
+            body.clone(),
+            "op-race/security-group",
+        )
+    }))
+    .await;
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, group)| { status.is_success() && group["id"] == answers[0].1["id"] })
+    );
+    assert_eq!(
+        sim.listed("security-groups", "plinth.io/cluster-id=c-race")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_and_group_keys_are_apart() {
+    let sim = Sim::start().await;
+    let (status, vm) = sim
+        .keyed("/v1/vms", vm_body("cp-1", &[]), "shared-key")
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The VM's key makes a new group rather than replaying (or refusing) as the VM.
+    let (status, group) = sim
+        .keyed("/v1/security-groups", group_body("cp", "c1"), "shared-key")
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    assert!(group["id"].as_str().unwrap().starts_with("sg-"), "{group}");
+    // And each replays as its own kind.
+    let (status, again) = sim
+        .keyed("/v1/security-groups", group_body("cp", "c1"), "shared-key")
+        .await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &group["id"]));
+    let (status, again) = sim
+        .keyed("/v1/vms", vm_body("cp-1", &[]), "shared-key")
+        .await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &vm["id"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_and_groups_are_listed_by_tag() {
+    let sim = Sim::start().await;
+    let tagged_vm = |name: &str, cluster: &str| {
+        let mut body = vm_body(name, &[]);
+        body["tags"]["plinth.io/cluster-id"] = json!(cluster);
+        body
+    };
+    let mut vms = Vec::new();
+    for (name, cluster) in [("a-1", "a"), ("b-1", "b"), ("a-2", "a"), ("x", "a=b")] {
+        let (status, vm) = sim
+            .call(Method::POST, "/v1/vms", Some(tagged_vm(name, cluster)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{vm}");
+        vms.push(vm["id"].as_str().unwrap().to_owned());
+    }
+    let mut groups = Vec::new();
+    for cluster in ["a", "b"] {
+        let (status, group) = sim
+            .call(
+                Method::POST,
+                "/v1/security-groups",
+                Some(group_body(cluster, cluster)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{group}");
+        assert!(
+            time::OffsetDateTime::parse(
+                group["created_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339
+            )
+            .is_ok(),
+            "{group}"
+        );
+        groups.push(group["id"].as_str().unwrap().to_owned());
+    }
+
+    // Only what carries the tag, newest first, whole bodies.
+    assert_eq!(
+        sim.listed("vms", "plinth.io/cluster-id=a").await,
+        [vms[2].clone(), vms[0].clone()]
+    );
+    assert_eq!(
+        sim.listed("vms", "plinth.io/cluster-id=b").await,
+        [vms[1].clone()]
+    );
+    assert_eq!(
+        sim.listed("security-groups", "plinth.io/cluster-id=a")
+            .await,
+        [groups[0].clone()]
+    );
+    assert_eq!(
+        sim.listed("vms", "plinth.io/role=control-plane")
+            .await
+            .len(),
+        4
+    );
+    let (_, listing) = sim.list("vms", &[("tag", "plinth.io/cluster-id=b")]).await;
+    let (_, mut read) = sim
+        .call(Method::GET, &format!("/v1/vms/{}", vms[1]), None)
+        .await;
+    // A listing is the VM as read, less its userdata (secrets a listing has no need to carry).
+    assert!(read["user_data"].is_string(), "{read}");
+    read.as_object_mut().unwrap().remove("user_data");
+    assert_eq!(listing["vms"][0], read);
+    let (_, listing) = sim
+        .list("security-groups", &[("tag", "plinth.io/cluster-id=b")])
+        .await;
+    assert_eq!(listing["security_groups"][0]["name"], "b");
+    assert_eq!(
+        listing["security_groups"][0]["tags"],
+        json!({"plinth.io/cluster-id": "b", "plinth.io/role": "control-plane"})
+    );
+
+    // Split at the first '=': the value may hold one. A key alone matches nothing.
+    assert_eq!(
+        sim.listed("vms", "plinth.io/cluster-id=a=b").await,
+        [vms[3].clone()]
+    );
+    assert!(sim.listed("vms", "plinth.io/cluster-id=").await.is_empty());
+    assert!(sim.listed("vms", "plinth.io/cluster-id=c").await.is_empty());
+    assert!(sim.listed("security-groups", "nobody=a").await.is_empty());
+    // Unencoded, as a person would type it.
+    let (status, raw) = sim
+        .call(Method::GET, "/v1/vms?tag=plinth.io/cluster-id=b", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(raw["vms"][0]["id"], vms[1].as_str());
+
+    // A deleted resource is no longer listed.
+    let (status, _) = sim
+        .call(Method::DELETE, &format!("/v1/vms/{}", vms[0]), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        sim.listed("vms", "plinth.io/cluster-id=a").await,
+        [vms[2].clone()]
+    );
+    let (status, _) = sim
+        .call(
+            Method::DELETE,
+            &format!("/v1/security-groups/{}", groups[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        sim.listed("security-groups", "plinth.io/cluster-id=a")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_needs_exactly_one_well_formed_tag_parameter() {
+    let sim = Sim::start().await;
+    for kind in ["vms", "security-groups"] {
+        for params in [
+            &[][..],
+            &[("tag", "a=1"), ("tag", "b=2")][..],
+            &[("tag", "no-equals-sign")][..],
+            &[("tag", "=value")][..],
+            &[("tag", "a=1"), ("limit", "5")][..],
+            &[("tags", "a=1")][..],
+        ] {
+            let (status, problem) = sim.list(kind, params).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{kind} {params:?}: {problem}"
+            );
+            assert!(
+                problem["detail"].as_str().unwrap().contains("tag"),
+                "{kind} {params:?}: {problem}"
+            );
+        }
+        let (status, _) = sim
+            .call_with(
+                Method::GET,
+                &format!("/v1/{kind}?tag=a=1"),
+                None,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_faults_are_injected_like_the_others() {
+    let sim = Sim::start().await;
+    let (status, state) = sim
+        .call(
+            Method::PUT,
+            "/admin/faults",
+            Some(json!({
+                "list_vms": {"status": 503, "times": 1},
+                "list_security_groups": {"status": 500, "after_calls": 1},
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    let (status, _) = sim.list("vms", &[("tag", "a=1")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = sim.list("vms", &[("tag", "a=1")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = sim.list("security-groups", &[("tag", "a=1")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = sim.list("security-groups", &[("tag", "a=1")]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (_, state) = sim.call(Method::GET, "/admin/faults", None).await;
+    assert_eq!(
+        (&state["list_vms"]["calls"], &state["list_vms"]["failures"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(
+        (
+            &state["list_security_groups"]["calls"],
+            &state["list_security_groups"]["failures"]
+        ),
+        (&json!(2), &json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_creation_whose_answer_is_lost_is_replayed_by_its_key() {
+    let sim = Sim::start().await;
+    let (status, _) = sim
+        .call(
+            Method::PUT,
+            "/admin/faults",
+            Some(
+                json!({"create_security_group": {"status": 503, "after_effect": true, "times": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = group_body("cp", "c-lost");
+    let (status, _) = sim
+        .keyed(
+            "/v1/security-groups",
+            body.clone(),
+            "op-lost/security-group",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The group exists although its answer was lost; the retry gets it.
+    let made = sim
+        .listed("security-groups", "plinth.io/cluster-id=c-lost")
+        .await;
+    assert_eq!(made.len(), 1);
+    let (status, group) = sim
+        .keyed("/v1/security-groups", body, "op-lost/security-group")
+        .await;
+    assert_eq!(
+        (status, group["id"].as_str().unwrap()),
+        (StatusCode::OK, made[0].as_str())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_are_set_seen_and_cleared_through_the_admin_endpoint() {
     let sim = Sim::start().await;
@@ -395,7 +772,54 @@ async fn the_openapi_document_describes_every_route() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
-    assert!(doc["components"]["schemas"]["VmBody"].is_object());
+    for (path, method) in [
+        ("/v1/vms", "get"),
+        ("/v1/vms", "post"),
+        ("/v1/security-groups", "get"),
+        ("/v1/security-groups", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    for path in ["/v1/vms", "/v1/security-groups"] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let tag = params.iter().find(|p| p["name"] == "tag").unwrap();
+        assert_eq!(
+            (&tag["in"], &tag["required"]),
+            (&json!("query"), &json!(true))
+        );
+        assert!(
+            tag["description"]
+                .as_str()
+                .unwrap()
+                .contains("at most 1000"),
+            "{tag}"
+        );
+        let params = doc["paths"][path]["post"]["parameters"].as_array().unwrap();
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"),
+            "{path}: {params:?}"
+        );
+        assert!(doc["paths"][path]["post"]["responses"]["200"].is_object());
+    }
+    for schema in ["VmBody", "VmList", "SecurityGroupList"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
+    assert!(
+        doc["components"]["schemas"]["SecurityGroupBody"]["properties"]["created_at"].is_object()
+    );
+    let operations = doc["components"]["schemas"]["Operation"].to_string();
+    assert!(
+        operations.contains("list_vms") && operations.contains("list_security_groups"),
+        "{operations}"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
