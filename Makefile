@@ -14,6 +14,7 @@ help: ## list the targets
 
 test: ## every test: installs etcd/PowerDNS/dig when missing, starts a throwaway PostgreSQL, and checks `make run`
 	scripts/test-deps.sh
+	$(CARGO) build --workspace --all-features --bins  # the crash tests run the plinth binary itself
 	scripts/with-test-services.sh $(CARGO) nextest run --workspace --all-features --no-fail-fast
 	$(CARGO) test --workspace --all-features --doc
 	scripts/check-make-run.sh

@@ -7,4 +7,6 @@
 mod auth;
 mod bootstrap;
 mod clusters;
+mod durability;
+mod fleet;
 mod support;

@@ -66,7 +66,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         use rsa::pkcs1::EncodeRsaPrivateKey as _;
         use rsa::pkcs8::EncodePublicKey as _;
         let es = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()).unwrap();
@@ -139,7 +139,7 @@ pub struct Stack {
     dir: PathBuf,
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).unwrap();

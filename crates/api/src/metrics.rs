@@ -1,11 +1,18 @@
 //! The process's Prometheus metrics: request counts and latencies by route, method and status,
-//! founding step durations (from the domain's `founding_step` spans) and founding outcomes.
-//! Served by `GET /metrics` in the Prometheus text format (version 0.0.4).
+//! founding step durations (from the domain's `founding_step` spans), founding outcomes, and what
+//! the operations report through the domain's `Observer` port (operations by kind and outcome,
+//! foundings in flight, recoveries, orphans deleted). Served by `GET /metrics` in the Prometheus
+//! text format (version 0.0.4).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use plinth_domain::model::OperationKind;
+use plinth_domain::ports::observer::Observer;
+use plinth_domain::ports::operations::ResourceKind;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -28,6 +35,10 @@ pub struct Metrics {
     latencies: HistogramVec,
     steps: HistogramVec,
     outcomes: IntCounterVec,
+    operations: IntCounterVec,
+    recoveries: IntCounterVec,
+    orphans: IntCounterVec,
+    in_flight: IntGauge,
 }
 
 /// The process's metrics.
@@ -66,9 +77,44 @@ impl Metrics {
             Opts::new("plinth_foundings_total", "Foundings by outcome."),
             &["outcome"],
         );
+        let operations = IntCounterVec::new(
+            Opts::new(
+                "plinth_operations_total",
+                "Operations ended, by kind and outcome (succeeded, interrupted, failed_<step>).",
+            ),
+            &["kind", "outcome"],
+        );
+        let recoveries = IntCounterVec::new(
+            Opts::new(
+                "plinth_operation_recoveries_total",
+                "Abandoned operations this replica took over and rolled back, by kind.",
+            ),
+            &["kind"],
+        );
+        let orphans = IntCounterVec::new(
+            Opts::new(
+                "plinth_orphans_deleted_total",
+                "Untracked platform resources the orphan sweep deleted, by kind.",
+            ),
+            &["kind"],
+        );
+        let in_flight = IntGauge::new(
+            "plinth_foundings_in_flight",
+            "Foundings this replica runs now.",
+        );
         // The names and label sets above are fixed and valid, and each is registered once.
-        let (Ok(requests), Ok(latencies), Ok(steps), Ok(outcomes)) =
-            (requests, latencies, steps, outcomes)
+        let (
+            Ok(requests),
+            Ok(latencies),
+            Ok(steps),
+            Ok(outcomes),
+            Ok(operations),
+            Ok(recoveries),
+            Ok(orphans),
+            Ok(in_flight),
+        ) = (
+            requests, latencies, steps, outcomes, operations, recoveries, orphans, in_flight,
+        )
         else {
             unreachable!("the metric definitions are constant and valid")
         };
@@ -77,6 +123,10 @@ impl Metrics {
             Box::new(latencies.clone()),
             Box::new(steps.clone()),
             Box::new(outcomes.clone()),
+            Box::new(operations.clone()),
+            Box::new(recoveries.clone()),
+            Box::new(orphans.clone()),
+            Box::new(in_flight.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::error!(error = %e, "registering a metric failed");
@@ -88,6 +138,10 @@ impl Metrics {
             latencies,
             steps,
             outcomes,
+            operations,
+            recoveries,
+            orphans,
+            in_flight,
         }
     }
 
@@ -118,6 +172,11 @@ impl Metrics {
         self.outcomes.with_label_values(&[outcome]).inc();
     }
 
+    /// The metrics as the domain's observer: what the operations report goes here.
+    pub fn observer() -> std::sync::Arc<dyn Observer> {
+        std::sync::Arc::new(MetricsObserver)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -125,6 +184,45 @@ impl Metrics {
             tracing::error!(error = %e, "encoding the metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The domain's `Observer`, counting into the process's metrics.
+#[derive(Debug, Clone, Copy)]
+struct MetricsObserver;
+
+impl Observer for MetricsObserver {
+    fn operation_ended(&self, kind: OperationKind, outcome: &str) {
+        let m = metrics();
+        m.operations
+            .with_label_values(&[kind.as_str(), outcome])
+            .inc();
+        if kind == OperationKind::Found {
+            // plinth_foundings_total predates operations and says `created` for a success.
+            let outcome = if outcome == "succeeded" {
+                "created"
+            } else {
+                outcome
+            };
+            m.outcome(outcome);
+        }
+    }
+
+    fn foundings_in_flight(&self, count: usize) {
+        metrics()
+            .in_flight
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    fn operation_recovered(&self, kind: OperationKind) {
+        metrics()
+            .recoveries
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    fn orphan_deleted(&self, kind: ResourceKind) {
+        metrics().orphans.with_label_values(&[kind.as_str()]).inc();
     }
 }
 

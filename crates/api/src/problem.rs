@@ -6,9 +6,9 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use plinth_domain::FoundClusterError;
 use plinth_domain::bootstrap::FetchBundleError;
-use plinth_domain::found_cluster::{CreatedResource, FoundingFailure};
+use plinth_domain::found_cluster::{FailureKind, SubmitError};
 use plinth_domain::ports::Chain;
-use plinth_domain::ports::compute::ComputeError;
+use plinth_domain::ports::operations::OperationProblem;
 use plinth_domain::ports::repo::RepoError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -68,7 +68,12 @@ pub struct ApiError {
     // Boxed: errors travel in every handler's `Result`, which should stay small.
     problem: Box<Problem>,
     bearer_challenge: Option<String>,
+    /// Seconds for `Retry-After`, when trying again later can help.
+    retry_after: Option<u64>,
 }
+
+/// What `Retry-After` says when this replica is busy or a dependency is down.
+const RETRY_AFTER_SECS: u64 = 2;
 
 const TYPE_BASE: &str = "https://plinth.dev/problems/";
 
@@ -85,6 +90,7 @@ impl ApiError {
                 cleanup: None,
             }),
             bearer_challenge: None,
+            retry_after: None,
         }
     }
 
@@ -152,6 +158,9 @@ impl ResponseError for ApiError {
         if let Some(challenge) = &self.bearer_challenge {
             response.insert_header((header::WWW_AUTHENTICATE, challenge.clone()));
         }
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
         response.json(&*self.problem)
     }
 }
@@ -160,50 +169,19 @@ impl ResponseError for ApiError {
 pub fn repo_error(e: &RepoError) -> ApiError {
     tracing::error!(error = %Chain(e), "repository call failed");
     match e {
-        RepoError::Unavailable(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database-unavailable",
-            "the database is unavailable; try again",
-        ),
+        RepoError::Unavailable(_) => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "the database is unavailable; try again",
+            );
+            error.retry_after = Some(RETRY_AFTER_SECS);
+            error
+        }
         _ => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "an internal error occurred",
-        ),
-    }
-}
-
-fn resource(r: &CreatedResource) -> String {
-    match r {
-        CreatedResource::Vm(id) => format!("vm {id}"),
-        CreatedResource::SecurityGroup(id) => format!("security_group {id}"),
-    }
-}
-
-/// Status and public detail of a compute failure: the caller's input (a subnet or group that
-/// does not exist, a refused request) is 422 with the compute service's words; the platform
-/// failing is 502, or 504 when it did not answer in time.
-fn compute(e: &ComputeError, doing: &str) -> (StatusCode, &'static str, String) {
-    match e {
-        ComputeError::NotFound(m) | ComputeError::Rejected(m) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "compute-refused",
-            format!("the compute service refused {doing}: {m}"),
-        ),
-        ComputeError::Timeout(_) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "compute-timeout",
-            format!("the compute service did not answer in time while {doing}"),
-        ),
-        ComputeError::Conflict(m) => (
-            StatusCode::CONFLICT,
-            "compute-conflict",
-            format!("the compute service could not go on with {doing}: {m}"),
-        ),
-        _ => (
-            StatusCode::BAD_GATEWAY,
-            "compute-failed",
-            format!("the compute service failed while {doing}"),
         ),
     }
 }
@@ -226,99 +204,66 @@ impl From<FetchBundleError> for ApiError {
     }
 }
 
-impl From<FoundClusterError> for ApiError {
-    fn from(e: FoundClusterError) -> Self {
-        let (failure, cleanup) = (e.failure(), e.cleanup());
-        let database = |doing: &str| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database-unavailable",
-                format!("the database failed while {doing}; nothing was founded"),
-            )
-        };
-        let (status, kind, detail) = match failure {
-            FoundingFailure::CreateCa(_)
-            | FoundingFailure::CreateServiceAccountKey(_)
-            | FoundingFailure::SignCertificate { .. }
-            | FoundingFailure::RenderKubeconfig(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "trust-material-failed",
-                "the cluster's trust material could not be made; nothing was founded".to_owned(),
-            ),
-            FoundingFailure::InsertCluster(RepoError::Conflict(m)) => {
-                (StatusCode::CONFLICT, "name-taken", m.clone())
-            }
-            FoundingFailure::BeginTransaction(_) | FoundingFailure::InsertCluster(_) => {
-                database("starting the founding")
-            }
-            FoundingFailure::RecordSecurityGroups(_) | FoundingFailure::InsertNodes(_) => {
-                database("storing the cluster")
-            }
-            FoundingFailure::Commit(_) => database("committing the cluster"),
-            FoundingFailure::SubnetLookup { source, subnet } => {
-                compute(source, &format!("reading subnet {subnet}"))
-            }
-            FoundingFailure::CreateSecurityGroup(source) => {
-                compute(source, "creating the control-plane security group")
-            }
-            FoundingFailure::AddIngressRule { source, .. } => {
-                compute(source, "opening the control-plane security group")
-            }
-            FoundingFailure::CreateVms(failures) => {
-                let ordinals: Vec<String> = failures
-                    .iter()
-                    .map(|(ordinal, _)| format!("cp-{ordinal}"))
-                    .collect();
-                let (status, kind, _) = compute(&failures[0].1, "");
-                let reason = match status {
-                    StatusCode::UNPROCESSABLE_ENTITY | StatusCode::CONFLICT => {
-                        format!(": {}", failures[0].1)
-                    }
-                    _ => String::new(),
-                };
-                (
-                    status,
-                    kind,
-                    format!(
-                        "the compute service failed to create VM(s) {}{reason}",
-                        ordinals.join(", ")
-                    ),
-                )
-            }
-            FoundingFailure::VmIdentityLookup(_) => (
-                StatusCode::BAD_GATEWAY,
-                "vm-lookup-failed",
-                "the VMs' addresses could not be read".to_owned(),
-            ),
-            FoundingFailure::VmAddressesDeadline {
-                waiting_for,
-                waited,
-            } => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "vm-addresses-timeout",
-                format!(
-                    "{} VM(s) had no private IPv4 after {}s",
-                    waiting_for.len(),
-                    waited.as_secs()
-                ),
-            ),
-        };
-        if status.is_server_error() {
-            tracing::error!(step = %failure.step(), error = %Chain(failure), cleanup = %cleanup, "founding failed");
-        } else {
-            tracing::info!(step = %failure.step(), error = %Chain(failure), "founding refused");
+/// The status of each class of founding failure.
+fn status_of(kind: FailureKind) -> StatusCode {
+    match kind {
+        FailureKind::NameTaken | FailureKind::ComputeConflict => StatusCode::CONFLICT,
+        FailureKind::TrustMaterialFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        FailureKind::DatabaseUnavailable | FailureKind::Interrupted => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
-        let mut error = ApiError::new(status, kind, detail);
-        if !(cleanup.removed.is_empty() && cleanup.left_behind.is_empty()) {
+        FailureKind::ComputeRefused => StatusCode::UNPROCESSABLE_ENTITY,
+        FailureKind::ComputeFailed | FailureKind::VmLookupFailed => StatusCode::BAD_GATEWAY,
+        FailureKind::ComputeTimeout
+        | FailureKind::VmAddressesTimeout
+        | FailureKind::FoundingDeadline => StatusCode::GATEWAY_TIMEOUT,
+    }
+}
+
+impl From<&OperationProblem> for ApiError {
+    /// A founding's failure as the caller sees it, live or read back from its operation.
+    fn from(problem: &OperationProblem) -> Self {
+        let status =
+            FailureKind::parse(&problem.kind).map_or(StatusCode::INTERNAL_SERVER_ERROR, status_of);
+        let mut error = ApiError::new(status, &problem.kind, problem.detail.clone());
+        if !(problem.removed.is_empty() && problem.left_behind.is_empty()) {
             error.problem.cleanup = Some(CleanupBody {
-                removed: cleanup.removed.iter().map(resource).collect(),
-                left_behind: cleanup
-                    .left_behind
-                    .iter()
-                    .map(|(r, _)| resource(r))
-                    .collect(),
+                removed: problem.removed.clone(),
+                left_behind: problem.left_behind.clone(),
             });
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            error.retry_after = Some(RETRY_AFTER_SECS);
+        }
+        error
+    }
+}
+
+impl From<FoundClusterError> for ApiError {
+    fn from(e: FoundClusterError) -> Self {
+        let problem = e.problem();
+        let error = ApiError::from(&problem);
+        if error.status().is_server_error() {
+            tracing::error!(step = %e.step(), error = %Chain(&e), "founding failed");
+        } else {
+            tracing::info!(step = %e.step(), error = %Chain(&e), "founding refused");
+        }
+        error
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let status = match e {
+            SubmitError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let kind = match e {
+            SubmitError::Busy => "too-many-foundings",
+            _ => "shutting-down",
+        };
+        let mut error = ApiError::new(status, kind, e.to_string());
+        error.retry_after = Some(RETRY_AFTER_SECS);
         error
     }
 }

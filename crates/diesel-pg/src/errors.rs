@@ -28,8 +28,12 @@ pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
             _,
         )
         | Error::BrokenTransactionManager => RepoError::Unavailable(context(doing, e)),
-        // The server going away mid-session (SQLSTATE class 57) arrives without a kind.
+        // The server going away mid-session (SQLSTATE class 57), or ending a statement at one
+        // of its bounds (statement_timeout, lock_timeout), arrives without a kind.
         Error::DatabaseError(_, info) if is_shutdown(info.message()) => {
+            RepoError::Unavailable(context(doing, e))
+        }
+        Error::DatabaseError(_, info) if is_cancelled(info.message()) => {
             RepoError::Unavailable(context(doing, e))
         }
         Error::NotFound => RepoError::NotFound(doing.to_owned()),
@@ -46,6 +50,15 @@ fn is_shutdown(message: &str) -> bool {
     ]
     .iter()
     .any(|m| message.contains(m))
+}
+
+/// A statement the server cancelled: past `statement_timeout` (57014), after waiting
+/// `lock_timeout` for a lock (55P03), or on an administrator's request. The database did not
+/// answer in time; the transaction, if any, was rolled back.
+fn is_cancelled(message: &str) -> bool {
+    ["canceling statement due to", "could not obtain lock"]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// Maps a failure to get a pooled connection.

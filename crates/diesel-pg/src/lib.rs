@@ -2,20 +2,24 @@
 //! `apiservernodes`), read access to the compute service's `vms`, on diesel-async with a
 //! deadpool pool.
 //!
-//! One founding is one transaction on one connection ([`PgRepo::begin`]). Every database call is
-//! bounded: getting a connection, connecting, and each statement have timeouts, so a database
-//! that is gone or hung yields `RepoError::Unavailable`, never a hang. Private keys are sealed by
+//! It implements two ports: `Repo` (what the API and the boot path read) and `Operations` (the
+//! journal a founding writes step by step, each write one short transaction; see
+//! [`operations`]). No transaction is held across anything but its own statements. Every
+//! database call is bounded: getting a connection, connecting, and each statement have timeouts
+//! on plinth's side, and every pooled connection also carries server-side `statement_timeout`,
+//! `lock_timeout` and `idle_in_transaction_session_timeout`, so a database that is gone or hung
+//! yields `RepoError::Unavailable`, never a hang, and no session can sit on locks. Private keys are sealed by
 //! an [`envelope::Envelope`] before they reach a statement; the master keys never touch the
 //! database.
 
 pub mod envelope;
 mod errors;
+mod operations;
 mod rows;
 mod schema;
 mod settings;
 #[cfg(feature = "test-support")]
 pub mod testing;
-mod tx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,18 +27,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection,
+};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt as _;
-use plinth_domain::model::{BootstrapTokenHash, ClusterId, NodeName, OrgId, SecretText};
+use plinth_domain::model::{
+    BootstrapTokenHash, ClusterId, ClusterStatus, NodeName, OrgId, SecretText, VmId,
+};
 use plinth_domain::ports::context;
 use plinth_domain::ports::pki::{
     CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts,
 };
 use plinth_domain::ports::repo::{
     BootstrapMaterial, ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError,
-    RepoTx,
+    VmIdentity,
 };
 use plinth_domain::settings::SettingsError;
 
@@ -44,10 +54,9 @@ pub use settings::{MasterKeySettings, PgSettings};
 use crate::errors::{pool_error, query_error, timed_out};
 use crate::rows::{
     ApiServerSecretsRow, ClusterCertRow, ClusterDetailsRow, ClusterSecretsRow, ClusterSummaryRow,
-    NodeRow,
+    NodeRow, VmRow,
 };
-use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters};
-use crate::tx::PgTx;
+use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters, vms};
 
 /// plinth's own migrations (`migrations/` at the top of the repository), embedded.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
@@ -94,11 +103,22 @@ impl PgRepo {
         settings.check()?;
         let connect_timeout = settings.connect_timeout()?;
         let acquire_timeout = settings.acquire_timeout()?;
+        let session = settings.session_settings()?;
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
+            let session = session.clone();
             async move {
-                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                let connecting = async {
+                    let mut conn = AsyncPgConnection::establish(&url).await?;
+                    // The server enforces the bounds too: a statement, a lock wait or a
+                    // transaction left idle cannot outlive them whatever plinth does.
+                    conn.batch_execute(&session)
+                        .await
+                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                    Ok(conn)
+                };
+                tokio::time::timeout(connect_timeout, connecting)
                     .await
                     .unwrap_or_else(|_| {
                         Err(diesel::ConnectionError::BadConnection(format!(
@@ -134,10 +154,10 @@ impl PgRepo {
         &self.envelope
     }
 
-    async fn connection(&self, doing: &str) -> Result<Object<AsyncPgConnection>, RepoError> {
+    async fn connection(&self, doing: &str) -> Result<Lent, RepoError> {
         // The pool bounds waiting and connecting; this bounds the two together.
         match tokio::time::timeout(self.acquire_timeout * 2, self.pool.get()).await {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => Ok(Lent(Some(conn))),
             Ok(Err(e)) => Err(pool_error(e, doing)),
             Err(_) => Err(timed_out(doing)),
         }
@@ -150,7 +170,57 @@ impl PgRepo {
             .connection("migrating")
             .await
             .map_err(|e| PgSetupError::Migrations(e.to_string()))?;
-        run_migrations(conn, MIGRATIONS).await
+        // Out of the pool for good: the migration lock is the session's, and a session that ends
+        // with this call cannot keep it, however the call ends (an error, a cancelled start-up).
+        run_migrations(Box::new(conn.detach()), MIGRATIONS).await
+    }
+}
+
+/// A pooled connection lent to one call. It goes back to the pool only when no transaction is
+/// left open on it: a call cancelled or timed out half-way through a transaction (its caller
+/// gave up, plinth's own bound fired) leaves the transaction open, holding its row locks — the
+/// operation's row, a name's index entry — until the pool next hands that connection out or the
+/// server's idle-in-transaction timeout ends it. Such a connection is closed instead, so the
+/// server rolls the transaction back and releases its locks now.
+pub(crate) struct Lent(Option<Object<AsyncPgConnection>>);
+
+impl Lent {
+    /// Takes the connection out of the pool: it closes when the caller drops it.
+    fn detach(mut self) -> AsyncPgConnection {
+        Object::take(
+            self.0
+                .take()
+                .expect("a lent connection is there until it is dropped"),
+        )
+    }
+}
+
+impl std::ops::Deref for Lent {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.0
+            .as_ref()
+            .expect("a lent connection is there until it is dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0
+            .as_mut()
+            .expect("a lent connection is there until it is dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            // Inside a transaction, or unsure whether a BEGIN/COMMIT/ROLLBACK went through.
+            if PoolableConnection::is_broken(&mut *conn) {
+                drop(Object::take(conn));
+            }
+        }
     }
 }
 
@@ -162,11 +232,66 @@ pub(crate) async fn run_migrations<C>(
 where
     C: std::ops::DerefMut<Target = AsyncPgConnection> + Send + 'static,
 {
+    let mut conn = conn;
+    // Replicas starting together take turns: the lock is the session's, so it goes with the
+    // connection if this process dies, and is released here otherwise.
+    take_migration_lock(&mut conn).await?;
+    // A migration may rewrite a large table: the bounds meant for requests would cancel it half
+    // way. The connection is used for nothing else and closes afterwards.
+    for lift in ["SET statement_timeout = 0", "SET lock_timeout = 0"] {
+        diesel::sql_query(lift)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| PgSetupError::Migrations(format!("lifting the request bounds: {e}")))?;
+    }
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
         .run_pending_migrations(migrations)
-        .map_err(|e| PgSetupError::Migrations(e.to_string()))?;
-    Ok(applied.iter().map(ToString::to_string).collect())
+        .map(|applied| applied.iter().map(ToString::to_string).collect())
+        .map_err(|e| PgSetupError::Migrations(e.to_string()));
+    let mut conn = harness.into_inner();
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgSetupError::Migrations(format!("releasing the migration lock: {e}")))?;
+    applied
+}
+
+/// The advisory lock migrations run under ("plinth-migrate").
+const MIGRATION_LOCK: i64 = 0x706c_696e_7468_6d67;
+
+/// How long a replica waits for another one's migrations.
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// How often a waiting replica tries the lock again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// Takes the migration lock, waiting while another replica migrates. It asks again and again
+/// rather than waiting inside one statement: the session's own `lock_timeout` and
+/// `statement_timeout` would cancel such a wait as soon as another replica's migrations take
+/// longer than they allow, failing a start-up that only had to wait its turn.
+async fn take_migration_lock(conn: &mut AsyncPgConnection) -> Result<(), PgSetupError> {
+    let started = std::time::Instant::now();
+    loop {
+        let taken: bool = diesel::select(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("pg_try_advisory_lock(")
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+                .sql(")"),
+        )
+        .get_result(conn)
+        .await
+        .map_err(|e| PgSetupError::Migrations(format!("taking the migration lock: {e}")))?;
+        if taken {
+            return Ok(());
+        }
+        if started.elapsed() >= MIGRATION_LOCK_WAIT {
+            return Err(PgSetupError::Migrations(format!(
+                "another replica has been migrating for {MIGRATION_LOCK_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+    }
 }
 
 #[async_trait]
@@ -184,10 +309,18 @@ impl Repo for PgRepo {
         }
     }
 
-    async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError> {
-        let conn = self.connection("beginning a founding").await?;
-        let tx = PgTx::begin(conn, Arc::clone(&self.envelope), self.statement_timeout).await?;
-        Ok(Box::new(tx))
+    async fn vm_identities(&self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError> {
+        const DOING: &str = "reading VM identities";
+        let ids: Vec<&str> = ids.iter().map(VmId::as_str).collect();
+        let mut conn = self.connection(DOING).await?;
+        let query = vms::table
+            .filter(vms::id.eq_any(ids))
+            .select(VmRow::as_select());
+        let rows: Vec<VmRow> = tokio::time::timeout(self.statement_timeout, query.load(&mut *conn))
+            .await
+            .map_err(|_| timed_out(DOING))?
+            .map_err(|e| query_error(e, DOING))?;
+        rows.into_iter().map(VmRow::into_identity).collect()
     }
 
     async fn find_cluster(
@@ -309,6 +442,7 @@ impl PgRepo {
 
         let row = kubeclusters::table
             .find(id)
+            .filter(kubeclusters::status.eq(ClusterStatus::Ready.as_str()))
             .select(ClusterSecretsRow::as_select());
         let Some(row) = tokio::time::timeout(limit, row.first(&mut *conn).await_optional())
             .await
@@ -399,31 +533,31 @@ impl PgRepo {
             control_plane_dns_name: row.control_plane_dns_name,
             ca: ClusterCa {
                 root: pair(
-                    row.ca_cert,
-                    &row.ca_key,
+                    need(row.ca_cert, "ca_cert")?,
+                    &need(row.ca_key, "ca_key")?,
                     "kubeclusters",
                     "ca_key",
                     &cluster_row,
                 )?,
                 etcd: pair(
-                    row.etcd_ca_cert,
-                    &row.etcd_ca_key,
+                    need(row.etcd_ca_cert, "etcd_ca_cert")?,
+                    &need(row.etcd_ca_key, "etcd_ca_key")?,
                     "kubeclusters",
                     "etcd_ca_key",
                     &cluster_row,
                 )?,
                 front_proxy: pair(
-                    row.front_proxy_ca_cert,
-                    &row.front_proxy_ca_key,
+                    need(row.front_proxy_ca_cert, "front_proxy_ca_cert")?,
+                    &need(row.front_proxy_ca_key, "front_proxy_ca_key")?,
                     "kubeclusters",
                     "front_proxy_ca_key",
                     &cluster_row,
                 )?,
             },
             service_account: ServiceAccountKeyPair {
-                public_key_pem: row.sa_public_key,
+                public_key_pem: need(row.sa_public_key, "sa_public_key")?,
                 private_key_pem: self.open(
-                    &row.sa_private_key,
+                    &need(row.sa_private_key, "sa_private_key")?,
                     "kubeclusters",
                     "sa_private_key",
                     &cluster_row,
@@ -451,6 +585,11 @@ impl PgRepo {
             nodes,
         }))
     }
+}
+
+/// A column a ready cluster always has (the schema's CHECK says so); `None` is corrupt data.
+fn need(value: Option<String>, column: &str) -> Result<String, RepoError> {
+    value.ok_or_else(|| RepoError::Unexpected(format!("a ready cluster has no {column}").into()))
 }
 
 /// `first(..).optional()` as a future: a missing row is `Ok(None)`.

@@ -5,8 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use diesel::prelude::*;
 use ipnet::IpNet;
 use plinth_domain::model::{
-    ClusterId, ClusterName, ClusterSpec, ControlPlaneCount, FlavorId, ImageId, Networking,
-    NodeAddresses, NodeName, NodeOrdinal, SecurityGroupChoice, SecurityGroupId, SubnetId, VmId,
+    ClusterId, ClusterName, ClusterSpec, ClusterStatus, ControlPlaneCount, FlavorId, ImageId,
+    Networking, NodeAddresses, NodeName, NodeOrdinal, OperationId, OperationKind, OperationState,
+    OrgId, ReplicaId, SecurityGroupChoice, SecurityGroupId, SubnetId, VmId,
+};
+use plinth_domain::ports::operations::{
+    JournalEntry, OperationProblem, OperationRecord, ResourceKind,
 };
 use plinth_domain::ports::repo::{
     ClusterDetails, ClusterSecurityGroups, ClusterSummary, NodePlacement, RepoError, VmIdentity,
@@ -14,7 +18,9 @@ use plinth_domain::ports::repo::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters, vms};
+use crate::schema::{
+    apiservernodes, clustercerts, etcdnodes, kubeclusters, operation_journal, operations, vms,
+};
 
 #[derive(Insertable)]
 #[diesel(table_name = kubeclusters)]
@@ -33,6 +39,14 @@ pub(crate) struct NewClusterRow<'a> {
     pub api_server_port: i32,
     pub control_plane_dns_name: &'a str,
     pub ingress_wildcard_dns_name: &'a str,
+    pub created_at: OffsetDateTime,
+    pub status: &'a str,
+}
+
+/// A cluster's trust material, stored once the founding has made it (keys sealed).
+#[derive(AsChangeset)]
+#[diesel(table_name = kubeclusters)]
+pub(crate) struct TrustRootChanges<'a> {
     pub ca_cert: &'a str,
     pub ca_key: String,
     pub etcd_ca_cert: &'a str,
@@ -41,7 +55,52 @@ pub(crate) struct NewClusterRow<'a> {
     pub front_proxy_ca_key: String,
     pub sa_public_key: &'a str,
     pub sa_private_key: String,
-    pub created_at: OffsetDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = operations)]
+pub(crate) struct NewOperationRow<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub org_id: &'a str,
+    pub cluster_id: Uuid,
+    pub state: &'a str,
+    pub step: &'a str,
+    pub owner: &'a str,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = operations, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct OperationRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub org_id: String,
+    pub cluster_id: Uuid,
+    pub state: String,
+    pub step: String,
+    pub owner: String,
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub problem: Option<serde_json::Value>,
+    pub started_at: OffsetDateTime,
+    pub ended_at: Option<OffsetDateTime>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = operation_journal)]
+pub(crate) struct NewJournalRow<'a> {
+    pub operation_id: Uuid,
+    pub idempotency_key: &'a str,
+    pub kind: &'a str,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = operation_journal, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct JournalRow {
+    pub operation_id: Uuid,
+    pub idempotency_key: String,
+    pub kind: String,
+    pub resource_id: Option<String>,
+    pub deleted: bool,
 }
 
 #[derive(Insertable)]
@@ -94,14 +153,14 @@ pub(crate) struct ClusterSecretsRow {
     pub service_cidr: IpNet,
     pub dns_domain: String,
     pub api_server_port: i32,
-    pub ca_cert: String,
-    pub ca_key: String,
-    pub etcd_ca_cert: String,
-    pub etcd_ca_key: String,
-    pub front_proxy_ca_cert: String,
-    pub front_proxy_ca_key: String,
-    pub sa_public_key: String,
-    pub sa_private_key: String,
+    pub ca_cert: Option<String>,
+    pub ca_key: Option<String>,
+    pub etcd_ca_cert: Option<String>,
+    pub etcd_ca_key: Option<String>,
+    pub front_proxy_ca_cert: Option<String>,
+    pub front_proxy_ca_key: Option<String>,
+    pub sa_public_key: Option<String>,
+    pub sa_private_key: Option<String>,
 }
 
 /// A node's sealed apiserver facet, for bundles.
@@ -130,6 +189,7 @@ pub(crate) struct ClusterCertRow {
 pub(crate) struct ClusterSummaryRow {
     pub id: Uuid,
     pub name: Option<String>,
+    pub status: String,
     pub control_plane_count: i16,
     pub control_plane_dns_name: String,
     pub created_at: OffsetDateTime,
@@ -151,7 +211,7 @@ pub(crate) struct ClusterDetailsRow {
     pub dns_domain: String,
     pub api_server_port: i32,
     pub ingress_wildcard_dns_name: String,
-    pub ca_cert: String,
+    pub ca_cert: Option<String>,
 }
 
 #[derive(Queryable, Selectable)]
@@ -223,6 +283,8 @@ impl ClusterSummaryRow {
                 .map(ClusterName::parse)
                 .transpose()
                 .map_err(|e| corrupt(format!("cluster {} name: {e}", self.id)))?,
+            status: ClusterStatus::parse(&self.status)
+                .map_err(|e| corrupt(format!("cluster {} status: {e}", self.id)))?,
             control_plane_count: u8::try_from(self.control_plane_count)
                 .map_err(|_| corrupt(format!("cluster {} node count", self.id)))?,
             control_plane_dns_name: self.control_plane_dns_name,
@@ -335,6 +397,54 @@ impl ClusterDetailsRow {
                 .collect::<Result<_, _>>()?,
             ca_cert_pem: self.ca_cert,
             summary,
+        })
+    }
+}
+
+impl OperationRow {
+    /// The operation with its journal (rows of this operation, in the order written).
+    pub(crate) fn into_record(
+        self,
+        journal: Vec<JournalRow>,
+    ) -> Result<OperationRecord, RepoError> {
+        let id = self.id;
+        let bad = |field: &str, e: &dyn std::fmt::Display| {
+            corrupt(format!("operation {id} {field}: {e}"))
+        };
+        let journal = journal
+            .into_iter()
+            .filter(|row| row.operation_id == id)
+            .map(|row| {
+                let kind = match row.kind.as_str() {
+                    "vm" => ResourceKind::Vm,
+                    "security_group" => ResourceKind::SecurityGroup,
+                    other => return Err(bad("journal kind", &other)),
+                };
+                Ok(JournalEntry {
+                    kind,
+                    idempotency_key: row.idempotency_key,
+                    resource_id: row.resource_id,
+                    deleted: row.deleted,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(OperationRecord {
+            id: OperationId::from_uuid(id),
+            kind: OperationKind::parse(&self.kind).map_err(|e| bad("kind", &e))?,
+            org: OrgId::parse(&self.org_id).map_err(|e| bad("org", &e))?,
+            cluster_id: ClusterId::from_uuid(self.cluster_id),
+            state: OperationState::parse(&self.state).map_err(|e| bad("state", &e))?,
+            step: self.step,
+            owner: ReplicaId::new(self.owner),
+            lease_expires_at: self.lease_expires_at,
+            problem: self
+                .problem
+                .map(serde_json::from_value::<OperationProblem>)
+                .transpose()
+                .map_err(|e| bad("problem", &e))?,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            journal,
         })
     }
 }

@@ -19,16 +19,17 @@ diesel::table! {
         api_server_port -> Int4,
         control_plane_dns_name -> Text,
         ingress_wildcard_dns_name -> Text,
-        ca_cert -> Text,
-        ca_key -> Text,
-        etcd_ca_cert -> Text,
-        etcd_ca_key -> Text,
-        front_proxy_ca_cert -> Text,
-        front_proxy_ca_key -> Text,
-        sa_public_key -> Text,
-        sa_private_key -> Text,
+        ca_cert -> Nullable<Text>,
+        ca_key -> Nullable<Text>,
+        etcd_ca_cert -> Nullable<Text>,
+        etcd_ca_key -> Nullable<Text>,
+        front_proxy_ca_cert -> Nullable<Text>,
+        front_proxy_ca_key -> Nullable<Text>,
+        sa_public_key -> Nullable<Text>,
+        sa_private_key -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        status -> Text,
     }
 }
 
@@ -88,6 +89,37 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    operations (id) {
+        id -> Uuid,
+        kind -> Text,
+        org_id -> Text,
+        cluster_id -> Uuid,
+        state -> Text,
+        step -> Text,
+        owner -> Text,
+        lease_expires_at -> Nullable<Timestamptz>,
+        problem -> Nullable<Jsonb>,
+        started_at -> Timestamptz,
+        ended_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    operation_journal (operation_id, idempotency_key) {
+        operation_id -> Uuid,
+        idempotency_key -> Text,
+        kind -> Text,
+        resource_id -> Nullable<Text>,
+        deleted -> Bool,
+        position -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(operation_journal -> operations (operation_id));
 diesel::joinable!(etcdnodes -> kubeclusters (cluster_id));
 diesel::joinable!(apiservernodes -> kubeclusters (cluster_id));
 diesel::joinable!(clustercerts -> kubeclusters (cluster_id));
@@ -95,5 +127,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     kubeclusters,
     etcdnodes,
     apiservernodes,
-    clustercerts
+    clustercerts,
+    operations,
+    operation_journal
 );

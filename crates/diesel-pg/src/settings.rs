@@ -17,7 +17,7 @@ use crate::envelope::Envelope;
 pub struct PgSettings {
     /// `postgres://user:password@host:port/database`; secret, as it holds the password.
     pub url: SecretText,
-    /// Pool size. A founding holds one connection for its whole transaction.
+    /// Pool size. Every call holds one connection for its own short transaction only.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
     /// Opening a connection, seconds.
@@ -26,9 +26,15 @@ pub struct PgSettings {
     /// Waiting for a free connection from the pool, seconds.
     #[serde(default = "defaults::five")]
     pub acquire_timeout_secs: u64,
-    /// One statement, including commit, seconds.
+    /// One statement, including commit, seconds (enforced by plinth and by the server).
     #[serde(default = "defaults::statement_timeout_secs")]
     pub statement_timeout_secs: u64,
+    /// Waiting for a lock, seconds (server-side `lock_timeout`).
+    #[serde(default = "defaults::five")]
+    pub lock_timeout_secs: u64,
+    /// A transaction left idle, seconds (server-side `idle_in_transaction_session_timeout`).
+    #[serde(default = "defaults::idle_in_transaction_timeout_secs")]
+    pub idle_in_transaction_timeout_secs: u64,
     /// Apply pending migrations when the service starts.
     #[serde(default)]
     pub migrate_on_start: bool,
@@ -44,6 +50,9 @@ mod defaults {
     pub(super) fn statement_timeout_secs() -> u64 {
         10
     }
+    pub(super) fn idle_in_transaction_timeout_secs() -> u64 {
+        30
+    }
 }
 
 impl PgSettings {
@@ -55,6 +64,8 @@ impl PgSettings {
             connect_timeout_secs: defaults::five(),
             acquire_timeout_secs: defaults::five(),
             statement_timeout_secs: defaults::statement_timeout_secs(),
+            lock_timeout_secs: defaults::five(),
+            idle_in_transaction_timeout_secs: defaults::idle_in_transaction_timeout_secs(),
             migrate_on_start: false,
         }
     }
@@ -75,7 +86,24 @@ impl PgSettings {
         self.connect_timeout()?;
         self.acquire_timeout()?;
         self.statement_timeout()?;
+        self.session_settings()?;
         Ok(())
+    }
+
+    /// The `SET`s every pooled connection runs: the server's own bounds on a statement, a lock
+    /// wait and an idle transaction.
+    pub(crate) fn session_settings(&self) -> Result<String, SettingsError> {
+        let statement = self.statement_timeout()?.as_millis();
+        let lock = seconds("lock_timeout_secs", self.lock_timeout_secs)?.as_millis();
+        let idle = seconds(
+            "idle_in_transaction_timeout_secs",
+            self.idle_in_transaction_timeout_secs,
+        )?
+        .as_millis();
+        Ok(format!(
+            "SET statement_timeout = {statement}; SET lock_timeout = {lock}; \
+             SET idle_in_transaction_session_timeout = {idle};"
+        ))
     }
 
     pub(crate) fn connect_timeout(&self) -> Result<Duration, SettingsError> {

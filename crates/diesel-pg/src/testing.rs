@@ -12,13 +12,17 @@
 
 #![allow(clippy::unwrap_used)] // a harness that cannot set up must stop the test loudly
 
+use std::time::Duration;
+
 use diesel::sql_types::{Bool, Text};
 use diesel::{QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use plinth_domain::ports::repo::RepoError;
 use uuid::Uuid;
 
-use crate::{MIGRATIONS, run_migrations};
+use crate::errors::{query_error, timed_out};
+use crate::{MIGRATIONS, PgRepo, run_migrations};
 
 /// The variable holding the admin URL (a role that may create databases).
 pub const ADMIN_URL_VAR: &str = "PLINTH_TEST_DATABASE_URL";
@@ -27,6 +31,10 @@ pub const ADMIN_URL_VAR: &str = "PLINTH_TEST_DATABASE_URL";
 pub const COMPUTE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../compute-sim/migrations");
 
 const TEMPLATE_LOCK: i64 = 0x706c_696e_7468; // "plinth"
+
+/// The advisory lock plinth's migrations run under, for tests that play another replica holding
+/// it.
+pub const MIGRATION_LOCK: i64 = crate::MIGRATION_LOCK;
 
 /// A database of its own for one test; dropped (forcibly) when this value is dropped.
 #[derive(Debug)]
@@ -55,9 +63,21 @@ impl TestDatabase {
         let template = format!("plinth_tpl_{}", env!("PLINTH_MIGRATIONS_FINGERPRINT"));
         let mut admin = connect(&admin_url).await;
         ensure_template(&mut admin, &admin_url, &template).await;
+        Self::create_from(admin_url, &mut admin, &format!("TEMPLATE {template}")).await
+    }
+
+    /// Creates a fresh database with nothing in it: no migrations applied, no tables.
+    pub async fn create_empty() -> Self {
+        let admin_url = admin_url();
+        let mut admin = connect(&admin_url).await;
+        Self::create_from(admin_url, &mut admin, "").await
+    }
+
+    /// `CREATE DATABASE <a fresh name> <options>`.
+    async fn create_from(admin_url: String, admin: &mut AsyncPgConnection, options: &str) -> Self {
         let name = format!("plinth_test_{}", Uuid::new_v4().simple());
-        sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
-            .execute(&mut admin)
+        sql_query(format!("CREATE DATABASE {name} {options}"))
+            .execute(admin)
             .await
             .unwrap();
         Self {
@@ -118,6 +138,34 @@ pub async fn migrate_everything(url: &str) -> Vec<String> {
             .unwrap(),
     );
     applied
+}
+
+#[derive(QueryableByName)]
+struct Value {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// How long [`text_on_pool`] waits on plinth's side: far beyond any bound a test configures, so
+/// that what ends a statement there is the server's own `statement_timeout` or `lock_timeout`.
+const POOL_QUERY_BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `sql` on a connection of `repo`'s pool, which carries the session settings every pooled
+/// connection does (`statement_timeout`, `lock_timeout`, …), and returns the `value` column (text)
+/// of its one row: `SELECT current_setting('lock_timeout') AS value`, or
+/// `SELECT pg_sleep(5)::text AS value` to see the server cancel a statement. Errors map as the repository's own do.
+///
+/// # Errors
+/// As the repository's calls: `Unavailable` when the server cancels the statement, say.
+pub async fn text_on_pool(repo: &PgRepo, sql: &str) -> Result<String, RepoError> {
+    const DOING: &str = "running a test statement";
+    let mut conn = repo.connection(DOING).await?;
+    let query = sql_query(sql).get_result::<Value>(&mut *conn);
+    match tokio::time::timeout(POOL_QUERY_BOUND, query).await {
+        Ok(Ok(row)) => Ok(row.value),
+        Ok(Err(e)) => Err(query_error(e, DOING)),
+        Err(_) => Err(timed_out(DOING)),
+    }
 }
 
 /// `url` with its database replaced by `database`.

@@ -1,199 +1,32 @@
-//! The `Repo` contract against a real PostgreSQL 15: foundings round-trip, transactions are
-//! all-or-nothing, names are unique per organization, listing is org-scoped and pages, VM
-//! identities come from the compute service's rows, and private keys are sealed at rest.
+//! The `Repo` contract against a real PostgreSQL 15, with clusters founded through the
+//! `Operations` port the way `FoundCluster` founds them: foundings round-trip, names are unique
+//! per organization, listing is org-scoped and pages, VM identities come from the compute
+//! service's rows, private keys are sealed at rest, and bootstrap material comes back whole.
+//! (The `Operations` port's own contract is in `tests/operations.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
+mod common;
 
-use diesel::sql_types::{Nullable, Text};
-use diesel::{QueryableByName, sql_query};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ipnet::IpNet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{
+    begin, count_rows, envelope, found, founding, group_of, insert_vm, now, org, placement, repo,
+    repo_with, shared, texts, vm_id,
+};
+use diesel::sql_query;
+use diesel_async::RunQueryDsl;
 use plinth_diesel_pg::testing::TestDatabase;
-use plinth_diesel_pg::{Envelope, EnvelopeError, PgRepo, PgSettings, Slot};
+use plinth_diesel_pg::{EnvelopeError, Slot};
 use plinth_domain::model::{
-    BootstrapTokenHash, ClusterId, NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText,
-    SecurityGroupChoice, SecurityGroupId, VmId,
+    ClusterId, ClusterStatus, NodeName, NodeOrdinal, SecurityGroupChoice, SecurityGroupId,
 };
-use plinth_domain::ports::pki::SharedClientCerts;
+use plinth_domain::ports::operations::Operations;
 use plinth_domain::ports::repo::{
-    ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    PageRequest, Repo, RepoError,
+    ClusterSecurityGroups, NodePlacement, PageRequest, Repo, RepoError,
 };
-use plinth_domain::testing::{cluster_record, pem_certified};
-use time::OffsetDateTime;
-
-// ---- fixtures ---------------------------------------------------------------------------------
-
-fn master_key(byte: u8) -> SecretText {
-    use base64::Engine as _;
-    SecretText::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]))
-}
-
-fn envelope(primary: &str, keys: &[(&str, u8)]) -> Envelope {
-    Envelope::new(
-        primary,
-        keys.iter()
-            .map(|(id, byte)| ((*id).to_owned(), master_key(*byte))),
-    )
-    .unwrap()
-}
-
-fn repo_with(db: &TestDatabase, envelope: Envelope) -> PgRepo {
-    let mut settings = PgSettings::new(SecretText::new(db.url()));
-    settings.max_connections = 4;
-    PgRepo::new(&settings, envelope).unwrap()
-}
-
-fn repo(db: &TestDatabase) -> PgRepo {
-    repo_with(db, envelope("k1", &[("k1", 1)]))
-}
-
-fn org(id: &str) -> OrgId {
-    OrgId::parse(id).unwrap()
-}
-
-fn vm_id(cluster: ClusterId, n: u8) -> VmId {
-    VmId::parse(&format!("vm-{}-{n}", &cluster.to_string()[..8])).unwrap()
-}
-
-/// Node `n` of a cluster; `site` keeps the addresses of clusters in one test apart (the compute
-/// service's table refuses an address twice).
-fn placement(cluster: ClusterId, site: u8, n: u8) -> NodePlacement {
-    NodePlacement {
-        ordinal: NodeOrdinal::new(n).unwrap(),
-        name: NodeName::new(cluster, NodeOrdinal::new(n).unwrap()),
-        vm_id: vm_id(cluster, n),
-        addresses: NodeAddresses {
-            ipv4: Ipv4Addr::new(127, 10, site, 10 + n),
-            ipv6: (n % 2 == 1)
-                .then(|| Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, u16::from(site), u16::from(n))),
-            public_ipv4: (n == 1).then(|| Ipv4Addr::new(127, 20, site, 1)),
-        },
-    }
-}
-
-/// Writes a `vms` row the way the compute service does: on its own connection, committed.
-async fn insert_vm(
-    conn: &mut AsyncPgConnection,
-    id: &VmId,
-    ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
-    public: Option<Ipv4Addr>,
-) {
-    let net = |ip: Option<IpAddr>| ip.map(IpNet::from);
-    sql_query(
-        "INSERT INTO vms (id, name, status, ipv4, ipv6, public_ipv4, flavor, image, subnet_id) \
-         VALUES ($1, $2, 'running', $3, $4, $5, 'm1.medium', 'debian-12', 'subnet-local')",
-    )
-    .bind::<Text, _>(id.as_str())
-    .bind::<Text, _>(format!("{id}.local"))
-    .bind::<Nullable<diesel::sql_types::Inet>, _>(net(ipv4.map(IpAddr::V4)))
-    .bind::<Nullable<diesel::sql_types::Inet>, _>(net(ipv6.map(IpAddr::V6)))
-    .bind::<Nullable<diesel::sql_types::Inet>, _>(net(public.map(IpAddr::V4)))
-    .execute(conn)
-    .await
-    .unwrap();
-}
-
-/// A whole founding through the port: the sequence `FoundCluster` runs, in one transaction.
-async fn found(
-    repo: &PgRepo,
-    compute: &mut AsyncPgConnection,
-    record: &NewClusterRecord,
-    site: u8,
-) {
-    let id = record.id;
-    let count = record.spec.control_plane_count.get();
-    for n in 1..=count {
-        let node = placement(id, site, n);
-        insert_vm(
-            compute,
-            &node.vm_id,
-            Some(node.addresses.ipv4),
-            node.addresses.ipv6,
-            node.addresses.public_ipv4,
-        )
-        .await;
-    }
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(record).await.unwrap();
-    let group = SecurityGroupId::parse(&format!("sg-{}", &id.to_string()[..8])).unwrap();
-    tx.record_security_groups(
-        id,
-        &ClusterSecurityGroups {
-            attached: vec![group.clone()],
-            created: Some(group),
-        },
-    )
-    .await
-    .unwrap();
-    let vm_ids: Vec<VmId> = (1..=count).map(|n| vm_id(id, n)).collect();
-    let identities = tx.vm_identities(&vm_ids).await.unwrap();
-    assert_eq!(identities.len(), usize::from(count));
-    let nodes: Vec<NodePlacement> = (1..=count).map(|n| placement(id, site, n)).collect();
-    let etcd: Vec<EtcdNodeRecord> = nodes
-        .iter()
-        .map(|node| EtcdNodeRecord {
-            cluster_id: id,
-            node: node.clone(),
-            cert: pem_certified(&format!("{}-etcd", node.name)),
-        })
-        .collect();
-    let apiserver: Vec<ApiServerNodeRecord> = nodes
-        .iter()
-        .map(|node| ApiServerNodeRecord {
-            cluster_id: id,
-            node: node.clone(),
-            cert: pem_certified(&format!("{}-apiserver", node.name)),
-            kubelet_cert: pem_certified(&format!("{}-kubelet", node.name)),
-            bootstrap_token_hash: BootstrapTokenHash::of(&format!("token-{}", node.name)),
-            bootstrap_token_expires_at: record.created_at + time::Duration::hours(24),
-        })
-        .collect();
-    tx.insert_etcd_nodes(&etcd).await.unwrap();
-    tx.insert_apiserver_nodes(&apiserver).await.unwrap();
-    tx.insert_shared_certs(id, &shared(id)).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-fn shared(cluster: ClusterId) -> SharedClientCerts {
-    SharedClientCerts::try_from_fn(|which| {
-        Ok::<_, std::convert::Infallible>(pem_certified(&format!("{cluster}-{which}")))
-    })
-    .unwrap()
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    count: i64,
-}
-
-async fn count_rows(conn: &mut AsyncPgConnection, table: &str) -> i64 {
-    sql_query(format!("SELECT count(*) AS count FROM {table}"))
-        .get_result::<Count>(conn)
-        .await
-        .unwrap()
-        .count
-}
-
-async fn total_rows(conn: &mut AsyncPgConnection) -> i64 {
-    let mut total = 0;
-    for table in ["kubeclusters", "etcdnodes", "apiservernodes"] {
-        total += count_rows(conn, table).await;
-    }
-    total
-}
-
-fn now() -> OffsetDateTime {
-    // PostgreSQL keeps microseconds; truncate so round-trips compare equal.
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap()
-}
+use plinth_domain::testing::{cluster_record, pem_certified, trust_root_of};
 
 // ---- foundings -----------------------------------------------------------------------------
 
@@ -213,6 +46,7 @@ async fn founded_clusters_of_1_3_and_5_nodes_read_back_whole() {
             .unwrap();
         assert_eq!(details.summary.id, record.id);
         assert_eq!(details.summary.name, record.spec.name);
+        assert_eq!(details.summary.status, ClusterStatus::Ready);
         assert_eq!(details.summary.control_plane_count, count);
         assert_eq!(
             details.summary.control_plane_dns_name,
@@ -225,8 +59,9 @@ async fn founded_clusters_of_1_3_and_5_nodes_read_back_whole() {
             details.ingress_wildcard_dns_name,
             record.ingress_wildcard_dns_name
         );
-        assert_eq!(details.ca_cert_pem, record.ca.root.cert_pem);
-        let group = SecurityGroupId::parse(&format!("sg-{}", &record.id.to_string()[..8])).unwrap();
+        let (ca, _) = trust_root_of(record.id);
+        assert_eq!(details.ca_cert_pem, Some(ca.root.cert_pem));
+        let group = group_of(record.id);
         assert_eq!(
             details.security_groups.attached,
             std::slice::from_ref(&group)
@@ -240,6 +75,7 @@ async fn founded_clusters_of_1_3_and_5_nodes_read_back_whole() {
     let mut conn = db.connect().await;
     assert_eq!(count_rows(&mut conn, "etcdnodes").await, 9);
     assert_eq!(count_rows(&mut conn, "apiservernodes").await, 9);
+    assert_eq!(count_rows(&mut conn, "clustercerts").await, 3 * 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,9 +88,9 @@ async fn given_security_groups_round_trip() {
         SecurityGroupId::parse("sg-b").unwrap(),
     ];
     record.spec.security_groups = SecurityGroupChoice::Given(given.clone());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
-    tx.record_security_groups(
+    let lease = begin(&repo, &record).await;
+    repo.record_security_groups(
+        &lease,
         record.id,
         &ClusterSecurityGroups {
             attached: given.clone(),
@@ -263,7 +99,6 @@ async fn given_security_groups_round_trip() {
     )
     .await
     .unwrap();
-    tx.commit().await.unwrap();
     let details = repo
         .find_cluster(&org("org-a"), record.id)
         .await
@@ -283,110 +118,50 @@ async fn given_security_groups_round_trip() {
     assert!(details.nodes.is_empty());
 }
 
-// ---- all or nothing --------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rolled_back_founding_leaves_no_rows() {
-    let db = TestDatabase::create().await;
-    let repo = repo(&db);
-    let record = cluster_record("org-a", Some("gone"), 3, now());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
-    let node = placement(record.id, 0, 1);
-    tx.insert_etcd_nodes(&[EtcdNodeRecord {
-        cluster_id: record.id,
-        node,
-        cert: pem_certified("x"),
-    }])
-    .await
-    .unwrap();
-    tx.rollback().await.unwrap();
-    let mut conn = db.connect().await;
-    assert_eq!(total_rows(&mut conn).await, 0);
-    assert!(
-        repo.find_cluster(&org("org-a"), record.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dropped_founding_leaves_no_rows_and_releases_its_locks_at_once() {
-    let db = TestDatabase::create().await;
-    let repo = repo(&db);
-    let first = cluster_record("org-a", Some("same-name"), 1, now());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&first).await.unwrap();
-    drop(tx); // an error path, a panic, a cancelled request: no commit, no rollback call
-
-    let mut conn = db.connect().await;
-    assert_eq!(total_rows(&mut conn).await, 0);
-    // Had the dropped transaction stayed open (say, idle in the pool until its next checkout),
-    // this insert from another pool would wait on its unique-index entry for "same-name" until
-    // the statement timeout; it goes through at once.
-    let second = cluster_record("org-a", Some("same-name"), 1, now());
-    let other_replica = self::repo(&db);
-    let mut tx = other_replica.begin().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(3), tx.insert_cluster(&second))
-        .await
-        .expect("the dropped transaction still holds its locks")
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(count_rows(&mut conn, "kubeclusters").await, 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn after_a_failed_statement_the_transaction_refuses_further_work() {
-    let db = TestDatabase::create().await;
-    let repo = repo(&db);
-    let record = cluster_record("org-a", None, 1, now());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
-    // The same primary key again: the statement fails, and the transaction is over.
-    let err = tx.insert_cluster(&record).await.unwrap_err();
-    assert!(matches!(err, RepoError::Conflict(_)), "{err}");
-    let err = tx.commit().await.unwrap_err();
-    assert!(matches!(err, RepoError::Unavailable(_)), "{err}");
-    let mut conn = db.connect().await;
-    assert_eq!(total_rows(&mut conn).await, 0);
-}
-
 // ---- names ------------------------------------------------------------------------------------
-
-async fn insert_and_commit(repo: &PgRepo, record: &NewClusterRecord) -> Result<(), RepoError> {
-    let mut tx = repo.begin().await?;
-    tx.insert_cluster(record).await?;
-    tx.commit().await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_name_taken_in_the_org_is_a_conflict_and_fine_in_another_org() {
     let db = TestDatabase::create().await;
     let repo = repo(&db);
-    insert_and_commit(&repo, &cluster_record("org-a", Some("prod"), 1, now()))
-        .await
-        .unwrap();
+    let mut compute = db.connect().await;
+    // Taken by a founded (ready) cluster…
+    found(
+        &repo,
+        &mut compute,
+        &cluster_record("org-a", Some("prod"), 1, now()),
+        1,
+    )
+    .await;
+    let mut conn = db.connect().await;
+    let operations_before = count_rows(&mut conn, "operations").await;
 
-    let err = insert_and_commit(&repo, &cluster_record("org-a", Some("prod"), 3, now()))
+    let started = Instant::now();
+    let err = repo
+        .begin_founding(&founding(&cluster_record("org-a", Some("prod"), 3, now())))
         .await
         .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let RepoError::Conflict(message) = &err else {
         panic!("expected a conflict, got {err}");
     };
     assert!(message.contains("already exists"), "{message}");
+    assert_eq!(count_rows(&mut conn, "operations").await, operations_before);
 
-    insert_and_commit(&repo, &cluster_record("org-b", Some("prod"), 1, now()))
+    repo.begin_founding(&founding(&cluster_record("org-b", Some("prod"), 1, now())))
         .await
         .unwrap();
     // Unnamed clusters never collide.
-    insert_and_commit(&repo, &cluster_record("org-a", None, 1, now()))
+    repo.begin_founding(&founding(&cluster_record("org-a", None, 1, now())))
         .await
         .unwrap();
-    insert_and_commit(&repo, &cluster_record("org-a", None, 1, now()))
+    repo.begin_founding(&founding(&cluster_record("org-a", None, 1, now())))
         .await
         .unwrap();
-    let mut conn = db.connect().await;
     assert_eq!(count_rows(&mut conn, "kubeclusters").await, 4);
 }
 
@@ -396,14 +171,25 @@ async fn a_name_taken_in_the_org_is_a_conflict_and_fine_in_another_org() {
 async fn another_orgs_cluster_is_not_found() {
     let db = TestDatabase::create().await;
     let repo = repo(&db);
+    let mut compute = db.connect().await;
     let record = cluster_record("org-a", None, 1, now());
-    insert_and_commit(&repo, &record).await.unwrap();
-    assert!(
-        repo.find_cluster(&org("org-b"), record.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    found(&repo, &mut compute, &record, 1).await;
+    let provisioning = cluster_record("org-a", None, 1, now());
+    begin(&repo, &provisioning).await;
+    for id in [record.id, provisioning.id] {
+        assert!(
+            repo.find_cluster(&org("org-a"), id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            repo.find_cluster(&org("org-b"), id)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
     assert!(
         repo.find_cluster(&org("org-a"), ClusterId::new_random())
             .await
@@ -422,9 +208,9 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
         // Two clusters share each timestamp, so the id must break ties.
         let created = base + time::Duration::seconds(i / 2);
         let record = cluster_record("org-a", None, 1, created);
-        insert_and_commit(&repo, &record).await.unwrap();
+        repo.begin_founding(&founding(&record)).await.unwrap();
         expected.push((record.created_at, record.id));
-        insert_and_commit(&repo, &cluster_record("org-b", None, 1, created))
+        repo.begin_founding(&founding(&cluster_record("org-b", None, 1, created)))
             .await
             .unwrap();
     }
@@ -483,6 +269,17 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
         .await
         .unwrap();
     assert_eq!(clamped.clusters.len(), 1);
+    let capped = repo
+        .list_clusters(
+            &org("org-a"),
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(capped.clusters.len(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -491,10 +288,9 @@ async fn vm_identities_come_from_rows_another_connection_committed() {
     let repo = repo(&db);
     let mut compute = db.connect().await;
     let record = cluster_record("org-a", None, 3, now());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
+    begin(&repo, &record).await;
 
-    // Written and committed by the compute service after the founding's transaction began.
+    // Written and committed by the compute service while the founding runs.
     let (a, b, c) = (
         vm_id(record.id, 1),
         vm_id(record.id, 2),
@@ -510,7 +306,7 @@ async fn vm_identities_come_from_rows_another_connection_committed() {
     .await;
     insert_vm(&mut compute, &b, None, None, None).await;
 
-    let mut found = tx
+    let mut found = repo
         .vm_identities(&[a.clone(), b.clone(), c.clone()])
         .await
         .unwrap();
@@ -523,7 +319,7 @@ async fn vm_identities_come_from_rows_another_connection_committed() {
     assert_eq!(found[0].public_ipv4, Some(Ipv4Addr::new(127, 20, 0, 1)));
     assert_eq!((found[1].id.clone(), found[1].ipv4), (b.clone(), None));
 
-    // Later reads in the same transaction see rows committed since.
+    // Later reads see rows committed since, and addresses assigned since.
     insert_vm(
         &mut compute,
         &c,
@@ -532,29 +328,20 @@ async fn vm_identities_come_from_rows_another_connection_committed() {
         None,
     )
     .await;
-    let found = tx.vm_identities(std::slice::from_ref(&c)).await.unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].ipv4, Some(Ipv4Addr::new(127, 10, 0, 13)));
-    tx.rollback().await.unwrap();
+    sql_query("UPDATE vms SET ipv4 = '127.10.0.12' WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(b.as_str())
+        .execute(&mut compute)
+        .await
+        .unwrap();
+    let mut found = repo.vm_identities(&[b.clone(), c.clone()]).await.unwrap();
+    found.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].ipv4, Some(Ipv4Addr::new(127, 10, 0, 12)));
+    assert_eq!(found[1].ipv4, Some(Ipv4Addr::new(127, 10, 0, 13)));
+    assert!(repo.vm_identities(&[]).await.unwrap().is_empty());
 }
 
 // ---- keys at rest -----------------------------------------------------------------------------
-
-#[derive(QueryableByName)]
-struct Sealed {
-    #[diesel(sql_type = Text)]
-    value: String,
-}
-
-async fn column(conn: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
-    sql_query(sql)
-        .load::<Sealed>(conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.value)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_keys_are_sealed_bound_to_their_row_and_column() {
@@ -578,7 +365,7 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
         "SELECT kubelet_key AS value FROM apiservernodes",
         "SELECT key AS value FROM clustercerts",
     ] {
-        sealed.extend(column(&mut conn, sql).await);
+        sealed.extend(texts(&mut conn, sql).await);
     }
     assert_eq!(sealed.len(), 4 * 2 + 4 * 2 + 4 + 6 * 2);
     for value in &sealed {
@@ -588,7 +375,7 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
     }
 
     // The repository's envelope opens a value in its own slot…
-    let ca_key = &column(
+    let ca_key = &texts(
         &mut conn,
         &format!(
             "SELECT ca_key AS value FROM kubeclusters WHERE id = '{}'",
@@ -602,9 +389,10 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
         column,
         row: &row,
     };
+    let (one_ca, _) = trust_root_of(one.id);
     assert_eq!(
         repo.envelope().open(ca_key, slot("ca_key")).unwrap(),
-        one.ca.root.key_pem
+        one_ca.root.key_pem
     );
     // …and nowhere else: another column, another row.
     assert_eq!(
@@ -630,7 +418,7 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let copied = &column(
+    let copied = &texts(
         &mut conn,
         &format!(
             "SELECT ca_key AS value FROM kubeclusters WHERE id = '{}'",
@@ -642,9 +430,13 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
         repo.envelope().open(copied, moved),
         Err(EnvelopeError::Unauthentic)
     );
+    // And the repository refuses to hand it out as the other cluster's key.
+    let node = NodeName::new(two.id, NodeOrdinal::new(1).unwrap());
+    let err = repo.bootstrap_material(two.id, &node).await.unwrap_err();
+    assert!(matches!(err, RepoError::Unexpected(_)), "{err}");
 
     // Node keys: bound to "<cluster>/<ordinal>" of their own table.
-    let node_key = &column(
+    let node_key = &texts(
         &mut conn,
         &format!(
             "SELECT key AS value FROM etcdnodes WHERE cluster_id = '{}' AND ordinal = 2",
@@ -676,20 +468,21 @@ async fn private_keys_are_sealed_bound_to_their_row_and_column() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_sealed_under_an_old_master_key_read_after_rotation() {
     let db = TestDatabase::create().await;
+    let mut compute = db.connect().await;
     let old = repo_with(&db, envelope("k1", &[("k1", 1)]));
     let record = cluster_record("org-a", None, 1, now());
-    insert_and_commit(&old, &record).await.unwrap();
+    found(&old, &mut compute, &record, 1).await;
 
     let rotated = repo_with(&db, envelope("k2", &[("k2", 2), ("k1", 1)]));
     let newer = cluster_record("org-a", None, 1, now());
-    insert_and_commit(&rotated, &newer).await.unwrap();
+    found(&rotated, &mut compute, &newer, 2).await;
 
     let mut conn = db.connect().await;
     let query = |id: ClusterId| {
         format!("SELECT sa_private_key AS value FROM kubeclusters WHERE id = '{id}'")
     };
-    let old_value = column(&mut conn, &query(record.id)).await.remove(0);
-    let new_value = column(&mut conn, &query(newer.id)).await.remove(0);
+    let old_value = texts(&mut conn, &query(record.id)).await.remove(0);
+    let new_value = texts(&mut conn, &query(newer.id)).await.remove(0);
     assert!(old_value.starts_with("v1:k1:"));
     assert!(new_value.starts_with("v1:k2:"));
     let row = record.id.to_string();
@@ -698,10 +491,21 @@ async fn keys_sealed_under_an_old_master_key_read_after_rotation() {
         column: "sa_private_key",
         row: &row,
     };
+    let (_, old_sa) = trust_root_of(record.id);
     assert_eq!(
         rotated.envelope().open(&old_value, slot).unwrap(),
-        record.service_account.private_key_pem
+        old_sa.private_key_pem
     );
+    // The rotated repository serves both clusters' bootstrap material.
+    for id in [record.id, newer.id] {
+        let node = NodeName::new(id, NodeOrdinal::new(1).unwrap());
+        let material = rotated
+            .bootstrap_material(id, &node)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(material.service_account, trust_root_of(id).1);
+    }
     let forgot_k1 = envelope("k2", &[("k2", 2)]);
     assert_eq!(
         forgot_k1.open(&old_value, slot),
@@ -721,6 +525,8 @@ async fn a_dump_of_the_database_holds_no_private_key() {
         1,
     )
     .await;
+    // And one stopped half-way, its trust material stored, its operation running.
+    begin(&repo, &cluster_record("org-a", Some("halfway"), 1, now())).await;
 
     let pg_dump = "/usr/lib/postgresql/15/bin/pg_dump";
     let output = std::process::Command::new(pg_dump)
@@ -734,6 +540,10 @@ async fn a_dump_of_the_database_holds_no_private_key() {
     );
     let dump = String::from_utf8(output.stdout).unwrap();
     assert!(dump.contains("dumped"), "the dump holds the founding");
+    assert!(
+        dump.contains("halfway"),
+        "the dump holds the running founding"
+    );
     assert!(
         dump.contains("BEGIN CERTIFICATE"),
         "certificates are public and stored as PEM"
@@ -774,7 +584,12 @@ async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
         .await
         .unwrap()
         .unwrap();
+    let (ca, service_account) = trust_root_of(record.id);
     assert_eq!(material.cluster_id, record.id);
+    assert_eq!(
+        material.control_plane_dns_name,
+        record.control_plane_dns_name
+    );
     assert_eq!(material.node, placement(record.id, 1, 2));
     assert_eq!(
         material.nodes,
@@ -782,8 +597,8 @@ async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
             .map(|n| placement(record.id, 1, n))
             .collect::<Vec<_>>()
     );
-    assert_eq!(material.ca, record.ca);
-    assert_eq!(material.service_account, record.service_account);
+    assert_eq!(material.ca, ca);
+    assert_eq!(material.service_account, service_account);
     assert_eq!(material.shared, shared(record.id));
     assert_eq!(material.etcd_cert, pem_certified(&format!("{node}-etcd")));
     assert_eq!(
@@ -822,6 +637,22 @@ async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
     );
     assert!(
         repo.bootstrap_material(ClusterId::new_random(), &node)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provisioning_cluster_has_no_bootstrap_material_yet() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let record = cluster_record("org-a", None, 1, now());
+    // Its trust material is stored, but no node exists until the founding's last transaction.
+    begin(&repo, &record).await;
+    let node = NodeName::new(record.id, NodeOrdinal::new(1).unwrap());
+    assert!(
+        repo.bootstrap_material(record.id, &node)
             .await
             .unwrap()
             .is_none()

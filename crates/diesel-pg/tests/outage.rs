@@ -1,9 +1,11 @@
 //! PostgreSQL going away mid-founding: every call returns `Unavailable` within the configured
-//! bounds — no panic, no hang — and the repository recovers when the server is back. Runs its
-//! own PostgreSQL (scripts/pg.sh on a private port and directory), as it stops it.
+//! bounds — no panic, no hang — nothing half-written is committed, and the repository recovers
+//! when the server is back. Runs its own PostgreSQL (scripts/pg.sh on a private port and
+//! directory), as it stops it.
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,11 +14,36 @@ use diesel::sql_query;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use plinth_diesel_pg::testing::{migrate_everything, url_for_database};
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
-use plinth_domain::model::{SecretText, VmId};
-use plinth_domain::ports::repo::{PageRequest, Repo, RepoError};
-use plinth_domain::testing::cluster_record;
-use plinth_testkit::{MASTER_KEY, free_port, signal};
+use plinth_domain::model::{ClusterStatus, OperationState, ReplicaId, SecretText, VmId};
+use plinth_domain::ports::operations::{Lease, Operations, ResourceKind};
+use plinth_domain::ports::repo::{NewClusterRecord, PageRequest, Repo, RepoError};
+use plinth_domain::testing::{cluster_record, trust_root_of};
 use time::OffsetDateTime;
+
+mod common;
+
+use common::{LEASE, founding, founding_rows, lock_operation, release};
+
+const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+/// A TCP port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pids`.
+fn signal(pids: &[String], signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}
 
 /// A PostgreSQL of this test's own, stopped and deleted when dropped.
 struct PrivatePostgres {
@@ -111,6 +138,34 @@ async fn repo_on_private_postgres(
     (postgres, url, repo)
 }
 
+/// Claims a name and stores the trust material on a healthy server: the founding a server
+/// outage then interrupts. Returns the lease and the record.
+async fn a_founding_under_way(repo: &PgRepo) -> (Lease, NewClusterRecord) {
+    let record = cluster_record("org-a", Some("interrupted"), 1, OffsetDateTime::now_utc());
+    let founding = founding(&record);
+    repo.begin_founding(&founding).await.unwrap();
+    let (ca, sa) = trust_root_of(record.id);
+    repo.store_trust_root(&founding.lease, record.id, &ca, &sa)
+        .await
+        .unwrap();
+    (founding.lease, record)
+}
+
+/// After an outage: the interrupted founding's operation still runs (leased to its replica,
+/// to be finished or rolled back), its cluster is still `provisioning`, and no node row exists.
+async fn nothing_was_committed(repo: &PgRepo, lease: &Lease, record: &NewClusterRecord) {
+    let operation = repo.operation(lease.operation).await.unwrap().unwrap();
+    assert_eq!(operation.state, OperationState::Running);
+    assert_eq!(operation.owner, lease.owner);
+    let details = repo
+        .find_cluster(&record.org, record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(details.summary.status, ClusterStatus::Provisioning);
+    assert!(details.nodes.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers() {
     let (postgres, url, repo) = repo_on_private_postgres("outage", 2, 3).await;
@@ -124,20 +179,43 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
     assert!(repo.migrate().await.unwrap().is_empty());
     migrate_everything(&url).await;
 
-    let record = cluster_record("org-a", None, 1, OffsetDateTime::now_utc());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
+    let (lease, record) = a_founding_under_way(&repo).await;
 
     postgres.pg("stop");
 
     let vm = VmId::parse("vm-1").unwrap();
+    let key = format!("{}/vm/1", lease.operation);
     unavailable(
-        "reading VMs in the open transaction",
-        tx.vm_identities(std::slice::from_ref(&vm)),
+        "journaling an intent",
+        repo.record_intents(&lease, &[(ResourceKind::Vm, key.clone())]),
     )
     .await;
-    unavailable("committing it", tx.commit()).await;
-    unavailable("beginning another founding", repo.begin()).await;
+    unavailable(
+        "journaling a creation",
+        repo.record_created(&lease, &key, "vm-1"),
+    )
+    .await;
+    unavailable(
+        "renewing the lease",
+        repo.renew_lease(&lease, "create_vms", LEASE),
+    )
+    .await;
+    unavailable("reading VMs", repo.vm_identities(std::slice::from_ref(&vm))).await;
+    unavailable(
+        "the founding's last transaction",
+        repo.finish_founding(&lease, &founding_rows(&record, 1)),
+    )
+    .await;
+    unavailable(
+        "beginning another founding",
+        repo.begin_founding(&founding(&cluster_record(
+            "org-a",
+            None,
+            1,
+            OffsetDateTime::now_utc(),
+        ))),
+    )
+    .await;
     unavailable(
         "reading a cluster",
         repo.find_cluster(&record.org, record.id),
@@ -154,9 +232,16 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
         ),
     )
     .await;
+    unavailable("reading the operation", repo.operation(lease.operation)).await;
+    unavailable(
+        "claiming expired operations",
+        repo.claim_expired(&ReplicaId::new("replica-b"), LEASE, 10),
+    )
+    .await;
     unavailable("pinging", repo.ping()).await;
 
-    // Back up: the pool drops its dead connections and serves again. Nothing was committed.
+    // Back up: the pool drops its dead connections and serves again. The founding is where the
+    // outage found it.
     postgres.pg("start");
     tokio::time::timeout(NO_HANG, async {
         while repo.ping().await.is_err() {
@@ -165,12 +250,19 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
     })
     .await
     .expect("the repository did not recover after PostgreSQL restarted");
+    nothing_was_committed(&repo, &lease, &record).await;
     assert!(
-        repo.find_cluster(&record.org, record.id)
+        repo.operation(lease.operation)
             .await
             .unwrap()
-            .is_none()
+            .unwrap()
+            .journal
+            .is_empty()
     );
+    // And it can go on.
+    repo.finish_founding(&lease, &founding_rows(&record, 1))
+        .await
+        .unwrap();
 }
 
 /// The PIDs of a private server's processes: the postmaster and its children.
@@ -194,35 +286,56 @@ fn server_pids(postgres: &PrivatePostgres) -> Vec<String> {
 async fn a_hung_postgres_yields_unavailable_within_the_configured_bounds() {
     let (postgres, url, repo) = repo_on_private_postgres("hung", 1, 2).await;
     migrate_everything(&url).await;
-    let record = cluster_record("org-a", None, 1, OffsetDateTime::now_utc());
-    let mut tx = repo.begin().await.unwrap();
-    tx.insert_cluster(&record).await.unwrap();
+    let (lease, record) = a_founding_under_way(&repo).await;
 
-    // Freeze the server (our own processes): it accepts TCP but never answers.
+    // The last transaction is under way: it waits for the operation's row, which another
+    // session holds (well inside the server's 5 s lock_timeout)…
+    let mut blocker = AsyncPgConnection::establish(&url).await.unwrap();
+    lock_operation(&mut blocker, lease.operation).await;
+    let started = Instant::now();
+    let finishing = tokio::spawn({
+        let repo = repo.clone();
+        let (lease, rows) = (lease.clone(), founding_rows(&record, 1));
+        async move { repo.finish_founding(&lease, &rows).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …when the server freezes (our own processes): it accepts TCP but never answers.
     let pids = server_pids(&postgres);
     signal(&pids, "-STOP");
-    let started = Instant::now();
-    let vm = VmId::parse("vm-1").unwrap();
     unavailable(
-        "a statement on a frozen server",
-        tx.vm_identities(std::slice::from_ref(&vm)),
+        "the founding's last transaction on a frozen server",
+        async { finishing.await.unwrap() },
     )
     .await;
     let statement_bound = started.elapsed();
-    unavailable("a new founding on a frozen server", repo.begin()).await;
+    unavailable(
+        "a new founding on a frozen server",
+        repo.begin_founding(&founding(&cluster_record(
+            "org-a",
+            None,
+            1,
+            OffsetDateTime::now_utc(),
+        ))),
+    )
+    .await;
     unavailable(
         "a read on a frozen server",
         repo.find_cluster(&record.org, record.id),
+    )
+    .await;
+    unavailable(
+        "renewing a lease on a frozen server",
+        repo.renew_lease(&lease, "commit", LEASE),
     )
     .await;
     signal(&pids, "-CONT");
 
     // The statement gave up at its bound, not before and not much after.
     assert!(
-        statement_bound >= Duration::from_secs(2) && statement_bound < Duration::from_secs(6),
+        statement_bound >= Duration::from_secs(2) && statement_bound < Duration::from_secs(4),
         "the statement took {statement_bound:?} to give up"
     );
-    drop(tx);
+    release(&mut blocker).await;
     tokio::time::timeout(NO_HANG, async {
         while repo.ping().await.is_err() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -230,4 +343,11 @@ async fn a_hung_postgres_yields_unavailable_within_the_configured_bounds() {
     })
     .await
     .expect("the repository did not recover after PostgreSQL resumed");
+    // The last transaction that timed out did not commit behind plinth's back once the server
+    // resumed (the outcome was unknown, so the caller reads the operation back).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_was_committed(&repo, &lease, &record).await;
+    repo.finish_founding(&lease, &founding_rows(&record, 1))
+        .await
+        .unwrap();
 }

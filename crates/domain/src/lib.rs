@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod found_cluster;
 pub mod model;
 pub mod ports;
+pub mod recovery;
 pub mod settings;
 #[cfg(any(test, feature = "mocks"))]
 pub mod testing;

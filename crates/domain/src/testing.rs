@@ -1,5 +1,6 @@
 //! Fixtures in the domain's own types, for this crate's unit tests and, with the `mocks` feature,
-//! for other crates' tests: founding settings, stand-in certificates and keys, and a cluster row.
+//! for other crates' tests: founding settings, stand-in certificates and keys, a cluster row, and
+//! an observer that records what it is told.
 //!
 //! They live here rather than in plinth-testkit because the domain's unit tests need them too,
 //! and a dev-dependency on testkit would build a second copy of this crate whose types do not
@@ -12,6 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // fixed fixture values: one that does not parse is a broken test
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -19,8 +21,11 @@ use time::OffsetDateTime;
 use crate::found_cluster::{BootstrapBaseUrl, FoundingSettings};
 use crate::model::{
     ClusterDefaults, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, ControlPlaneCount,
-    DnsZone, FlavorId, ImageId, Networking, OrgId, SecretText, SecurityGroupChoice, SubnetId,
+    DnsZone, FlavorId, ImageId, Networking, OperationKind, OrgId, SecretText, SecurityGroupChoice,
+    SubnetId,
 };
+use crate::ports::observer::Observer;
+use crate::ports::operations::ResourceKind;
 use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
 use crate::ports::repo::NewClusterRecord;
 
@@ -45,6 +50,8 @@ pub fn founding_settings() -> FoundingSettings {
         bootstrap_token_ttl: Duration::from_secs(24 * 3600),
         vm_address_deadline: Duration::from_secs(30),
         vm_address_poll_interval: Duration::from_millis(100),
+        deadline: Duration::from_secs(600),
+        max_in_flight: 8,
     }
 }
 
@@ -106,8 +113,7 @@ pub fn pem_service_account(label: &str) -> ServiceAccountKeyPair {
 
 /// The row of a new cluster of `org` with `count` nodes, created at `created_at`, on
 /// [`founding_settings`]' defaults, zone and networking, letting plinth create its security
-/// group. Its keys are PEM-shaped and labelled with the cluster's id (`<id>-ca`, `<id>-sa`, …),
-/// so two clusters' keys never match.
+/// group. Its trust material is [`trust_root_of`] its id.
 pub fn cluster_record(
     org: &str,
     name: Option<&str>,
@@ -131,8 +137,63 @@ pub fn cluster_record(
         networking: settings.networking,
         control_plane_dns_name: names.control_plane,
         ingress_wildcard_dns_name: names.ingress_wildcard,
-        ca: cluster_ca_with(|label| pem_certified(&format!("{id}-{label}"))),
-        service_account: pem_service_account(&format!("{id}-sa")),
         created_at,
+    }
+}
+
+/// A cluster's trust material for tests: PEM-shaped and labelled with the cluster's id
+/// (`<id>-ca`, `<id>-sa`, …), so two clusters' keys never match.
+pub fn trust_root_of(id: ClusterId) -> (ClusterCa, ServiceAccountKeyPair) {
+    (
+        cluster_ca_with(|label| pem_certified(&format!("{id}-{label}"))),
+        pem_service_account(&format!("{id}-sa")),
+    )
+}
+
+/// What a [`RecordingObserver`] was told, in the order it was told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `operation_ended`: each operation's kind and outcome.
+    pub ended: Vec<(OperationKind, String)>,
+    /// `foundings_in_flight`: each count reported.
+    pub in_flight: Vec<usize>,
+    /// `operation_recovered`: the kind of each operation recovery rolled back.
+    pub recovered: Vec<OperationKind>,
+    /// `orphan_deleted`: the kind of each orphan the sweep deleted.
+    pub orphans: Vec<ResourceKind>,
+}
+
+/// An [`Observer`] that remembers every call, for tests that check what the use cases report.
+#[derive(Debug, Default)]
+pub struct RecordingObserver {
+    seen: Mutex<Observed>,
+}
+
+impl RecordingObserver {
+    /// Everything reported so far.
+    pub fn seen(&self) -> Observed {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Observer for RecordingObserver {
+    fn operation_ended(&self, kind: OperationKind, outcome: &str) {
+        self.lock().ended.push((kind, outcome.to_owned()));
+    }
+
+    fn foundings_in_flight(&self, count: usize) {
+        self.lock().in_flight.push(count);
+    }
+
+    fn operation_recovered(&self, kind: OperationKind) {
+        self.lock().recovered.push(kind);
+    }
+
+    fn orphan_deleted(&self, kind: ResourceKind) {
+        self.lock().orphans.push(kind);
     }
 }

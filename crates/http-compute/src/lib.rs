@@ -1,14 +1,19 @@
 //! plinth's `Compute` adapter: the compute contract of `docs/ARCHITECTURE.md` §4 over HTTP, with
 //! reqwest (through `plinth-http-client`).
 //!
-//! Every call carries the bearer service token and has a connect and a request timeout. Calls
-//! that are safe to repeat — reads, deletes, and VM creation, which carries an `Idempotency-Key`
-//! that stays the same across its retries — are retried on transport failures, timeouts, 429 and
-//! 5xx, with jittered exponential backoff; group and rule creation are not. Statuses map to the
-//! port's `ComputeError` with the service's own words (404 → `NotFound`, 409 → `Conflict`,
-//! 400/422 → `Rejected`, 401/403 → `Rejected` naming plinth's credentials, 429/5xx →
+//! Every call carries the bearer service token and has a connect and a request timeout. VM and
+//! security group creation send the caller's idempotency key (`NewVm::idempotency_key`,
+//! `NewSecurityGroup::idempotency_key`) as the `Idempotency-Key` header, so repeating one —
+//! within this adapter, or by the caller after an unknown outcome — gives back the resource the
+//! first attempt made (201 new, 200 replay). Calls that are safe to repeat — reads, listings by
+//! tag, deletes, and VM and group creation — are retried on transport failures, timeouts, 429
+//! and 5xx, with jittered exponential backoff; rule creation carries no key and is not. Statuses
+//! map to the port's `ComputeError` with the service's own words (404 → `NotFound`, 409 →
+//! `Conflict`, 400/422 → `Rejected`, 401/403 → `Rejected` naming plinth's credentials, 429/5xx →
 //! `Unavailable`); transport failures keep reqwest's error as the cause (`Timeout`,
-//! `Unavailable`, `Unexpected`).
+//! `Unavailable`, `Unexpected`); an answer that cannot be understood — a missing field, a
+//! `created_at` that is not RFC 3339, a listed resource without the tag asked for — is
+//! `Unexpected`, with what was wrong.
 //!
 //! Its configuration is the `[compute]` section, [`HttpComputeSettings`].
 
@@ -21,6 +26,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use plinth_domain::model::{InvalidValue, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::compute::{
     Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Subnet,
+    TaggedResource, Tags,
 };
 use plinth_domain::ports::context;
 use plinth_domain::settings::SettingsError;
@@ -29,6 +35,8 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 pub use settings::HttpComputeSettings;
 
@@ -124,6 +132,77 @@ struct SubnetBody {
 #[derive(Deserialize)]
 struct IdBody {
     id: String,
+}
+
+/// What plinth reads of a listed VM or group.
+#[derive(Deserialize)]
+struct TaggedBody {
+    id: String,
+    tags: Tags,
+    created_at: String,
+}
+
+#[derive(Deserialize)]
+struct VmListBody {
+    vms: Vec<TaggedBody>,
+}
+
+#[derive(Deserialize)]
+struct SecurityGroupListBody {
+    security_groups: Vec<TaggedBody>,
+}
+
+/// `tag=<key>=<value>`, percent-encoded: every byte but the unreserved ones (RFC 3986) is
+/// written `%XX`, so `=`, `&`, `+`, `/` and non-ASCII in a key or value arrive as they are.
+fn tag_query(key: &str, value: &str) -> String {
+    let mut query = String::from("tag=");
+    for byte in format!("{key}={value}").bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            query.push(char::from(byte));
+        } else {
+            query.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    query
+}
+
+/// A listing's items as the port's `TaggedResource`s. Each must carry the tag asked for (a
+/// service that ignored the filter must not hand a rollback other resources) and an RFC 3339
+/// `created_at`.
+fn tagged(
+    what: &str,
+    items: Vec<TaggedBody>,
+    key: &str,
+    value: &str,
+) -> Result<Vec<TaggedResource>, ComputeError> {
+    items
+        .into_iter()
+        .map(|item| {
+            if item.tags.get(key).map(String::as_str) != Some(value) {
+                return Err(ComputeError::Unexpected(context(
+                    what,
+                    format!(
+                        "the compute service listed {}, which does not carry tag {key}={value}",
+                        item.id
+                    ),
+                )));
+            }
+            let created_at = OffsetDateTime::parse(&item.created_at, &Rfc3339).map_err(|e| {
+                ComputeError::Unexpected(context(
+                    format!(
+                        "{what}: the created_at of {} ({:?}) is not an RFC 3339 time",
+                        item.id, item.created_at
+                    ),
+                    e,
+                ))
+            })?;
+            Ok(TaggedResource {
+                id: item.id,
+                tags: item.tags,
+                created_at,
+            })
+        })
+        .collect()
 }
 
 impl HttpCompute {
@@ -292,17 +371,18 @@ impl Compute for HttpCompute {
             name: &group.name,
             tags: &group.tags,
         };
+        // The caller's key, the same on every retry: the service makes at most one group.
         let answer = self
             .send(
                 WHAT,
                 Method::POST,
                 "/v1/security-groups",
                 Some(&body),
-                None,
-                Retry::Never,
+                Some(&group.idempotency_key),
+                Retry::Safe,
             )
             .await?;
-        if answer.status != StatusCode::CREATED {
+        if !matches!(answer.status, StatusCode::CREATED | StatusCode::OK) {
             return Err(failure(WHAT, &answer));
         }
         let created: IdBody = understood(WHAT, &answer)?;
@@ -336,8 +416,6 @@ impl Compute for HttpCompute {
 
     async fn create_vm(&self, vm: &NewVm) -> Result<VmId, ComputeError> {
         const WHAT: &str = "creating a VM";
-        // One key for this call and all its retries: the service makes at most one VM.
-        let key = uuid::Uuid::new_v4().to_string();
         let body = NewVmBody {
             name: &vm.name,
             flavor: vm.flavor.as_str(),
@@ -357,7 +435,8 @@ impl Compute for HttpCompute {
                 Method::POST,
                 "/v1/vms",
                 Some(&body),
-                Some(&key),
+                // The caller's key, the same on every retry: the service makes at most one VM.
+                Some(&vm.idempotency_key),
                 Retry::Safe,
             )
             .await?;
@@ -391,6 +470,36 @@ impl Compute for HttpCompute {
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
             _ => Err(failure(WHAT, &answer)),
         }
+    }
+
+    async fn list_vms(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>, ComputeError> {
+        const WHAT: &str = "listing VMs by tag";
+        let path = format!("/v1/vms?{}", tag_query(key, value));
+        let answer = self
+            .send(WHAT, Method::GET, &path, None::<&()>, None, Retry::Safe)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(failure(WHAT, &answer));
+        }
+        let listed: VmListBody = understood(WHAT, &answer)?;
+        tagged(WHAT, listed.vms, key, value)
+    }
+
+    async fn list_security_groups(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<TaggedResource>, ComputeError> {
+        const WHAT: &str = "listing security groups by tag";
+        let path = format!("/v1/security-groups?{}", tag_query(key, value));
+        let answer = self
+            .send(WHAT, Method::GET, &path, None::<&()>, None, Retry::Safe)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(failure(WHAT, &answer));
+        }
+        let listed: SecurityGroupListBody = understood(WHAT, &answer)?;
+        tagged(WHAT, listed.security_groups, key, value)
     }
 }
 

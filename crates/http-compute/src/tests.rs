@@ -185,3 +185,93 @@ fn transport_failures_and_unreadable_answers_keep_their_cause() {
             .contains("missing field `id`")
     );
 }
+
+#[test]
+fn a_tag_is_sent_percent_encoded_as_one_parameter() {
+    assert_eq!(
+        tag_query("plinth.io/cluster-id", "c-1"),
+        "tag=plinth.io%2Fcluster-id%3Dc-1"
+    );
+    assert_eq!(
+        tag_query("k", "a=b&c+d é"),
+        "tag=k%3Da%3Db%26c%2Bd%20%C3%A9"
+    );
+    assert_eq!(tag_query("k", ""), "tag=k%3D");
+}
+
+fn listed(items: serde_json::Value) -> Vec<TaggedBody> {
+    serde_json::from_value::<VmListBody>(json!({ "vms": items }))
+        .unwrap()
+        .vms
+}
+
+#[test]
+fn a_listing_becomes_tagged_resources() {
+    let items = listed(json!([
+        {"id": "vm-2", "name": "n", "tags": {"op": "o-1", "role": "cp"}, "created_at": "2026-11-26T12:00:01.5Z"},
+        {"id": "vm-1", "tags": {"op": "o-1"}, "created_at": "2026-11-26T13:00:00+01:00"},
+    ]));
+    let resources = tagged("listing VMs by tag", items, "op", "o-1").unwrap();
+    assert_eq!(resources.len(), 2);
+    assert_eq!(resources[0].id, "vm-2");
+    assert_eq!(resources[0].tags["role"], "cp");
+    // 2026-11-26T12:00:00Z
+    let noon = OffsetDateTime::from_unix_timestamp(1_795_694_400).unwrap();
+    assert_eq!(
+        resources[0].created_at,
+        noon + time::Duration::milliseconds(1500)
+    );
+    assert_eq!(resources[1].created_at, noon);
+    let groups: SecurityGroupListBody =
+        serde_json::from_value(json!({"security_groups": []})).unwrap();
+    assert!(
+        tagged(
+            "listing security groups by tag",
+            groups.security_groups,
+            "op",
+            "o-1"
+        )
+        .unwrap()
+        .is_empty()
+    );
+}
+
+#[test]
+fn an_unparsable_listing_is_unexpected_with_what_was_wrong() {
+    let items = listed(json!([
+        {"id": "vm-1", "tags": {"op": "o-1"}, "created_at": "yesterday"},
+    ]));
+    let e = tagged("listing VMs by tag", items, "op", "o-1").unwrap_err();
+    assert!(matches!(e, ComputeError::Unexpected(_)), "{e}");
+    let why = Chain(&e).to_string();
+    assert!(
+        why.starts_with(
+            "unexpected compute failure: listing VMs by tag: the created_at of vm-1 (\"yesterday\") \
+             is not an RFC 3339 time: "
+        ),
+        "{why}"
+    );
+
+    // A service that ignores the filter must not hand a rollback other resources.
+    let items = listed(json!([
+        {"id": "vm-9", "tags": {"op": "o-2"}, "created_at": "2026-11-26T12:00:00Z"},
+    ]));
+    let e = tagged("listing VMs by tag", items, "op", "o-1").unwrap_err();
+    assert_eq!(
+        Chain(&e).to_string(),
+        "unexpected compute failure: listing VMs by tag: the compute service listed vm-9, which \
+         does not carry tag op=o-1"
+    );
+
+    let Err(e) = understood::<VmListBody>(
+        "listing VMs by tag",
+        &answer(200, r#"{"vms": [{"id": "vm-1", "tags": {}}]}"#),
+    ) else {
+        panic!("an item without created_at must not be understood")
+    };
+    assert!(
+        Chain(&e).to_string().contains("missing field `created_at`"),
+        "{}",
+        Chain(&e)
+    );
+}

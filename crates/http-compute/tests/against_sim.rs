@@ -1,20 +1,23 @@
 //! The `Compute` adapter against the real compute service over HTTP on loopback (on a real
 //! PostgreSQL): every call, every injected fault as the right error within its bounds, retries
-//! that never create a second VM, and address allocation under concurrency and exhaustion.
+//! and repeats with the caller's idempotency key that never create a second VM or group, listing
+//! a founding's resources by tag, and address allocation under concurrency and exhaustion.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use plinth_compute_sim::store::SubnetSeed;
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
+use plinth_domain::found_cluster::tags;
 use plinth_domain::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::compute::{
-    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol,
+    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, TaggedResource,
 };
 use plinth_http_compute::{HttpCompute, HttpComputeSettings};
 use serde_json::{Value, json};
@@ -70,7 +73,20 @@ impl Fixture {
         );
     }
 
-    async fn vm_rows_named(&self, name: &str) -> i64 {
+    /// The fault rules' counters.
+    async fn fault_state(&self) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/admin/faults", self.sim.base_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn rows_named(&self, table: &str, name: &str) -> i64 {
         use diesel::sql_types::{BigInt, Text};
         use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
@@ -79,13 +95,27 @@ impl Fixture {
             n: i64,
         }
         let mut conn = self.db.connect().await;
-        diesel::sql_query("SELECT count(*) AS n FROM vms WHERE name = $1")
+        diesel::sql_query(format!("SELECT count(*) AS n FROM {table} WHERE name = $1"))
             .bind::<Text, _>(name)
             .get_result::<Count>(&mut conn)
             .await
             .unwrap()
             .n
     }
+
+    async fn vm_rows_named(&self, name: &str) -> i64 {
+        self.rows_named("vms", name).await
+    }
+
+    async fn group_rows_named(&self, name: &str) -> i64 {
+        self.rows_named("security_groups", name).await
+    }
+}
+
+/// A key no other creation of this test process uses.
+fn fresh_key(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("test-{}/{what}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn new_vm(name: &str, subnet: &str) -> NewVm {
@@ -99,6 +129,7 @@ fn new_vm(name: &str, subnet: &str) -> NewVm {
         security_groups: vec![],
         tags,
         user_data: SecretText::new("#!/bin/sh\ntrue\n"),
+        idempotency_key: fresh_key("vm"),
     }
 }
 
@@ -108,6 +139,7 @@ fn group(name: &str) -> NewSecurityGroup {
     NewSecurityGroup {
         name: name.to_owned(),
         tags,
+        idempotency_key: fresh_key("security-group"),
     }
 }
 
@@ -291,27 +323,60 @@ async fn each_injected_fault_surfaces_as_the_right_error_within_its_bound() {
     );
     bounded(started, Duration::from_secs(4));
 
-    let (_, state) = {
-        let response = reqwest::Client::new()
-            .get(format!("{}/admin/faults", f.sim.base_url()))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        ((), response.json::<Value>().await.unwrap())
-    };
+    let state = f.fault_state().await;
     assert_eq!(
         state["get_vm"]["calls"], 3,
         "a retry-safe call is tried 3 times"
     );
     assert_eq!(
         state["create_security_group"]["calls"], 1,
-        "creating a group is never retried"
+        "a 409 is an answer, not retried"
     );
     assert_eq!(
         state["add_rule"]["calls"], 1,
-        "adding a rule is never retried"
+        "a 422 is an answer, not retried"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creations_with_a_key_and_listings_are_retried_rule_creation_is_not() {
+    let f = Fixture::start().await;
+    f.faults(json!({
+        "create_security_group": {"status": 503, "times": 2},
+        "add_rule": {"status": 503},
+        "list_vms": {"status": 502, "times": 2},
+        "list_security_groups": {"status": 503},
+    }))
+    .await;
+    let id = f
+        .compute
+        .create_security_group(&group("twice"))
+        .await
+        .unwrap();
+    assert_eq!(f.group_rows_named("twice").await, 1);
+    let rule = IngressRule {
+        protocol: RuleProtocol::Any,
+        remote: "0.0.0.0/0".parse().unwrap(),
+    };
+    let err = f.compute.add_ingress_rule(&id, &rule).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    assert!(f.compute.list_vms("k", "v").await.unwrap().is_empty());
+    let err = f.compute.list_security_groups("k", "v").await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    assert!(
+        Chain(&err)
+            .to_string()
+            .starts_with("compute service unavailable: listing security groups by tag: "),
+        "{}",
+        Chain(&err)
+    );
+
+    let state = f.fault_state().await;
+    let calls = |operation: &str| state[operation]["calls"].as_u64().unwrap();
+    assert_eq!(calls("create_security_group"), 3, "{state}");
+    assert_eq!(calls("add_rule"), 1, "adding a rule is never retried");
+    assert_eq!(calls("list_vms"), 3, "{state}");
+    assert_eq!(calls("list_security_groups"), 3, "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,6 +443,218 @@ async fn a_create_whose_answer_is_lost_is_retried_into_the_same_vm() {
         .await
         .unwrap();
     assert_eq!(f.vm_rows_named("refused-twice").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_creation_whose_answer_is_lost_is_retried_into_the_same_group() {
+    let f = Fixture::start().await;
+    // The group is made, then the answer fails: the adapter retries with the caller's key.
+    f.faults(json!({"create_security_group": {"status": 503, "after_effect": true, "times": 1}}))
+        .await;
+    let lost = group("lost-answer");
+    let id = f.compute.create_security_group(&lost).await.unwrap();
+    assert_eq!(
+        f.group_rows_named("lost-answer").await,
+        1,
+        "the retry made a second group"
+    );
+    let state = f.fault_state().await;
+    assert_eq!(
+        (
+            &state["create_security_group"]["calls"],
+            &state["create_security_group"]["failures"]
+        ),
+        (&json!(2), &json!(1))
+    );
+    // The caller repeating the creation (an unknown outcome resolved after a restart) gets the
+    // same group too.
+    assert_eq!(f.compute.create_security_group(&lost).await.unwrap(), id);
+    assert_eq!(f.group_rows_named("lost-answer").await, 1);
+    // Another key is another group.
+    let other = NewSecurityGroup {
+        idempotency_key: fresh_key("security-group"),
+        ..lost.clone()
+    };
+    assert_ne!(f.compute.create_security_group(&other).await.unwrap(), id);
+    assert_eq!(f.group_rows_named("lost-answer").await, 2);
+    // The same key for another group is refused, naming the key.
+    let changed = NewSecurityGroup {
+        name: "changed".into(),
+        ..lost.clone()
+    };
+    let err = f.compute.create_security_group(&changed).await.unwrap_err();
+    let ComputeError::Rejected(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        message.contains(&lost.idempotency_key) && message.contains("different request"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_callers_key_makes_a_repeated_vm_creation_the_same_vm() {
+    let f = Fixture::start().await;
+    let vm = new_vm("repeated", "subnet-local");
+    let first = f.compute.create_vm(&vm).await.unwrap();
+    // Exhausted retries leave the outcome unknown; the caller repeats with the same key later.
+    f.faults(json!({"create_vm": {"status": 503, "after_effect": true, "times": 3}}))
+        .await;
+    let err = f.compute.create_vm(&vm).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    assert_eq!(f.compute.create_vm(&vm).await.unwrap(), first);
+    assert_eq!(f.vm_rows_named("repeated").await, 1);
+    let other = NewVm {
+        idempotency_key: fresh_key("vm"),
+        ..vm.clone()
+    };
+    assert_ne!(f.compute.create_vm(&other).await.unwrap(), first);
+    assert_eq!(f.vm_rows_named("repeated").await, 2);
+}
+
+// ---- listing by tag ---------------------------------------------------------------------------
+
+/// The tags a founding puts on its resources (`FoundCluster`'s tag keys).
+fn founding_tags(operation: &str, cluster: &str, ordinal: Option<u8>) -> BTreeMap<String, String> {
+    let mut t = BTreeMap::new();
+    t.insert(tags::ROLE.to_owned(), tags::ROLE_CONTROL_PLANE.to_owned());
+    t.insert(tags::CLUSTER_ID.to_owned(), cluster.to_owned());
+    t.insert(tags::ORG_ID.to_owned(), "org-a".to_owned());
+    t.insert(tags::OPERATION_ID.to_owned(), operation.to_owned());
+    if let Some(ordinal) = ordinal {
+        t.insert(tags::ORDINAL.to_owned(), ordinal.to_string());
+    }
+    t
+}
+
+/// What a founding creates, with its keys: one group, then `nodes` VMs in it.
+async fn found(
+    compute: &HttpCompute,
+    operation: &str,
+    cluster: &str,
+    nodes: u8,
+) -> (SecurityGroupId, Vec<VmId>) {
+    let group = compute
+        .create_security_group(&NewSecurityGroup {
+            name: format!("cluster-{cluster}-control-plane"),
+            tags: founding_tags(operation, cluster, None),
+            idempotency_key: format!("{operation}/security-group"),
+        })
+        .await
+        .unwrap();
+    let mut vms = Vec::new();
+    for n in 0..nodes {
+        let mut vm = new_vm(&format!("{cluster}-cp-{n}"), "subnet-local");
+        vm.security_groups = vec![group.clone()];
+        vm.tags = founding_tags(operation, cluster, Some(n));
+        vm.idempotency_key = format!("{operation}/vm/{n}");
+        vms.push(compute.create_vm(&vm).await.unwrap());
+    }
+    (group, vms)
+}
+
+fn ids(resources: &[TaggedResource]) -> Vec<&str> {
+    resources.iter().map(|r| r.id.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_by_tag_finds_a_foundings_resources() {
+    let f = Fixture::start().await;
+    let before = time::OffsetDateTime::now_utc() - Duration::from_secs(5);
+    let (group, vms) = found(&f.compute, "op-1", "c-1", 3).await;
+    let (other_group, other_vms) = found(&f.compute, "op-2", "c-2", 1).await;
+    let after = time::OffsetDateTime::now_utc() + Duration::from_secs(5);
+
+    let listed = f
+        .compute
+        .list_vms(tags::OPERATION_ID, "op-1")
+        .await
+        .unwrap();
+    // Newest first.
+    let mut expected: Vec<&str> = vms.iter().map(VmId::as_str).collect();
+    expected.reverse();
+    assert_eq!(ids(&listed), expected);
+    for vm in &listed {
+        assert_eq!(vm.tags[tags::CLUSTER_ID], "c-1");
+        assert!(before < vm.created_at && vm.created_at < after, "{vm:?}");
+    }
+    assert_eq!(listed[2].tags[tags::ORDINAL], "0");
+    let listed = f
+        .compute
+        .list_security_groups(tags::OPERATION_ID, "op-1")
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), [group.as_str()]);
+    assert_eq!(listed[0].tags, founding_tags("op-1", "c-1", None));
+    assert!(before < listed[0].created_at && listed[0].created_at < after);
+
+    // By another tag: both foundings; by the other operation: only its resources.
+    let all = f
+        .compute
+        .list_vms(tags::ROLE, tags::ROLE_CONTROL_PLANE)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        ids(&f.compute.list_vms(tags::CLUSTER_ID, "c-2").await.unwrap()),
+        [other_vms[0].as_str()]
+    );
+    assert_eq!(
+        ids(&f
+            .compute
+            .list_security_groups(tags::OPERATION_ID, "op-2")
+            .await
+            .unwrap()),
+        [other_group.as_str()]
+    );
+    assert!(
+        f.compute
+            .list_vms(tags::OPERATION_ID, "op-3")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A repeated founding step (same keys) makes nothing new; a rollback's deletions empty the
+    // listings.
+    let (again_group, again_vms) = found(&f.compute, "op-1", "c-1", 3).await;
+    assert_eq!((again_group, again_vms), (group.clone(), vms.clone()));
+    for vm in &vms {
+        f.compute.delete_vm(vm).await.unwrap();
+    }
+    f.compute.delete_security_group(&group).await.unwrap();
+    assert!(
+        f.compute
+            .list_vms(tags::OPERATION_ID, "op-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.compute
+            .list_security_groups(tags::OPERATION_ID, "op-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_with_awkward_characters_are_listed_exactly() {
+    let f = Fixture::start().await;
+    let mut vm = new_vm("awkward", "subnet-local");
+    vm.tags.insert("a/b c".into(), "x=y&z+1 é".into());
+    let id = f.compute.create_vm(&vm).await.unwrap();
+    let listed = f.compute.list_vms("a/b c", "x=y&z+1 é").await.unwrap();
+    assert_eq!(ids(&listed), [id.as_str()]);
+    assert!(
+        f.compute
+            .list_vms("a/b c", "x=y&z 1 é")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(f.compute.list_vms("a/b c", "x").await.unwrap().is_empty());
 }
 
 // ---- addresses --------------------------------------------------------------------------------

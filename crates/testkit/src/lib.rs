@@ -21,10 +21,11 @@ use plinth_compute_sim::faults::{FaultRule, Operation};
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
-use plinth_domain::found_cluster::{FoundCluster, FoundingSettings};
-use plinth_domain::model::SecretText;
+use plinth_domain::found_cluster::{FoundCluster, FoundingPorts, FoundingSettings, Leasing};
+use plinth_domain::model::{ReplicaId, SecretText};
 use plinth_domain::ports::compute::Compute;
 use plinth_domain::ports::dns::Dns;
+use plinth_domain::ports::observer::Unobserved;
 use plinth_domain::testing::founding_settings;
 use plinth_x509_pki::{PkiSettings, X509Pki};
 
@@ -78,11 +79,19 @@ impl FoundingStack {
     /// The use case on this stack's repository and PKI, with the given compute and DNS.
     pub fn use_case(&self, compute: Arc<dyn Compute>, dns: Option<Arc<dyn Dns>>) -> FoundCluster {
         FoundCluster::new(
-            self.repo.clone(),
-            compute,
-            self.pki.clone(),
-            dns,
+            FoundingPorts {
+                repo: self.repo.clone(),
+                operations: self.repo.clone(),
+                compute,
+                pki: self.pki.clone(),
+                dns,
+                observer: Arc::new(Unobserved),
+            },
             Self::settings(),
+            Leasing {
+                owner: ReplicaId::for_this_process(),
+                lease: Duration::from_secs(30),
+            },
         )
     }
 }
@@ -117,7 +126,7 @@ mod timed {
     use async_trait::async_trait;
     use plinth_domain::model::{SecurityGroupId, SubnetId, VmId};
     use plinth_domain::ports::compute::{
-        Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, Subnet,
+        Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, Subnet, TaggedResource,
     };
 
     use super::TimedCompute;
@@ -154,6 +163,20 @@ mod timed {
         }
         async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<(), ComputeError> {
             self.inner.delete_security_group(id).await
+        }
+        async fn list_vms(
+            &self,
+            key: &str,
+            value: &str,
+        ) -> Result<Vec<TaggedResource>, ComputeError> {
+            self.inner.list_vms(key, value).await
+        }
+        async fn list_security_groups(
+            &self,
+            key: &str,
+            value: &str,
+        ) -> Result<Vec<TaggedResource>, ComputeError> {
+            self.inner.list_security_groups(key, value).await
         }
     }
 }

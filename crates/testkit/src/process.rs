@@ -118,6 +118,28 @@ impl Process {
         }
     }
 
+    /// Starts `command` (a program the test built, say), its output to `log`.
+    pub fn start(name: &str, command: &mut Command, log: &Path) -> Self {
+        let log = fs::File::create(log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL: no shutdown, no cleanup, as a crash or an OOM kill)
+    /// and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Asks the process to stop (SIGTERM) and waits up to `grace` before it is killed: some
     /// servers (etcd) shut down slowly when killed together, and quickly when asked in turn.
     pub fn stop(mut self, grace: Duration) {

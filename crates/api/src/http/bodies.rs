@@ -142,6 +142,8 @@ pub struct ClusterSummaryBody {
     pub cluster_id: String,
     /// Name, if any.
     pub name: Option<String>,
+    /// `provisioning` while its founding runs, then `ready`.
+    pub status: String,
     /// Node count.
     pub control_plane_count: u8,
     /// `api.cluster-{id}.{zone}`.
@@ -155,6 +157,7 @@ impl From<&ClusterSummary> for ClusterSummaryBody {
         Self {
             cluster_id: s.id.to_string(),
             name: s.name.as_ref().map(ToString::to_string),
+            status: s.status.to_string(),
             control_plane_count: s.control_plane_count,
             control_plane_dns_name: s.control_plane_dns_name.clone(),
             created_at: rfc3339(s.created_at),
@@ -178,6 +181,8 @@ pub struct ClusterBody {
     pub cluster_id: String,
     /// Name, if any.
     pub name: Option<String>,
+    /// `provisioning` while its founding runs (no nodes yet), then `ready`.
+    pub status: String,
     /// Node count.
     pub control_plane_count: u8,
     /// Subnet.
@@ -198,8 +203,8 @@ pub struct ClusterBody {
     pub networking: NetworkingBody,
     /// The nodes.
     pub nodes: Vec<NodeBody>,
-    /// The cluster CA certificate (public), PEM.
-    pub ca_cert: String,
+    /// The cluster CA certificate (public), PEM; absent until the founding has made it.
+    pub ca_cert: Option<String>,
     /// `/bootstrap/{cluster_id}/nodes/{node_name}`.
     pub bootstrap_path_template: String,
     /// RFC 3339.
@@ -211,6 +216,7 @@ impl From<ClusterDetails> for ClusterBody {
         Self {
             cluster_id: d.summary.id.to_string(),
             name: d.summary.name.as_ref().map(ToString::to_string),
+            status: d.summary.status.to_string(),
             control_plane_count: d.summary.control_plane_count,
             subnet_id: d.spec.subnet_id.to_string(),
             flavor: d.spec.flavor.to_string(),

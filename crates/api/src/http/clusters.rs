@@ -2,8 +2,6 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use plinth_domain::FoundClusterError;
-use plinth_domain::found_cluster::FoundedCluster;
 use plinth_domain::model::ClusterId;
 use plinth_domain::ports::repo::PageRequest;
 use serde::Deserialize;
@@ -17,13 +15,6 @@ use crate::problem::{ApiError, FieldError, Problem, repo_error};
 /// How many clusters a page holds when the caller does not say.
 const DEFAULT_PAGE: u32 = 20;
 
-fn outcome(result: &Result<FoundedCluster, FoundClusterError>) -> String {
-    match result {
-        Ok(_) => "created".into(),
-        Err(e) => format!("failed_{}", e.failure().step()),
-    }
-}
-
 /// Found a cluster: its trust root, its control-plane VMs, its node records; answers with the
 /// admin kubeconfig. The organization comes from the bearer token.
 #[utoipa::path(post, path = "/clusters", tag = "clusters", request_body = super::create_body::CreateClusterBody,
@@ -35,10 +26,11 @@ fn outcome(result: &Result<FoundedCluster, FoundClusterError>) -> String {
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The compute service refused the request's subnet, groups, flavor or image", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This replica runs as many foundings as it may (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The trust material could not be made", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The compute service failed; what this request created was deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
-        (status = 504, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database failed, or the founding was interrupted and rolled back (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The compute service did not answer in time, or the founding outlasted its deadline; what it made was deleted", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create_cluster(
@@ -50,7 +42,7 @@ pub async fn create_cluster(
     let body = read_json_body(&req, payload).await?;
     let (request, mut errors) = create_body::parse(&body)?;
     // The domain's rules, for the fields that parsed; a field already reported is not repeated.
-    let spec = match request.validate(&state.found.settings().defaults) {
+    let spec = match request.validate(&state.foundings.settings().defaults) {
         Ok(spec) => Some(spec),
         Err(invalid) => {
             let reported: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
@@ -68,9 +60,16 @@ pub async fn create_cluster(
         metrics().outcome("invalid");
         return Err(ApiError::invalid(errors));
     };
-    let result = state.found.found(&caller.org, spec).await;
-    metrics().outcome(&outcome(&result));
-    let founded = result?;
+    // The founding runs as a task of its own: if this request goes away, it still finishes.
+    let founding = state.foundings.submit(caller.org.clone(), spec)?;
+    let founded = founding.await.map_err(|e| {
+        tracing::error!(error = %e, "a founding task did not finish");
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the founding did not finish",
+        )
+    })??;
     let location = format!("/clusters/{}", founded.cluster_id);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))

@@ -19,8 +19,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, middleware, web};
 use futures::StreamExt as _;
-use plinth_domain::FoundCluster;
 use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::found_cluster::Foundings;
 use plinth_domain::ports::repo::Repo;
 
 use crate::auth::Authenticator;
@@ -32,8 +32,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What the handlers share: the use cases, and the repository for reads.
 pub struct AppState {
-    /// The founding use case.
-    pub found: FoundCluster,
+    /// The foundings of this replica (each runs as a task of its own).
+    pub foundings: Foundings,
     /// The bootstrap bundle use case.
     pub bundles: FetchBundle,
     /// Cluster truth, for the reads and readiness.

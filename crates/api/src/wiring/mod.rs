@@ -6,20 +6,25 @@ pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 use plinth_diesel_pg::PgRepo;
 use plinth_domain::FoundCluster;
 use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::found_cluster::{FoundingPorts, Foundings, Leasing};
+use plinth_domain::model::ReplicaId;
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::dns::Dns;
+use plinth_domain::recovery::Recovery;
 use plinth_http_compute::HttpCompute;
 use plinth_http_dns::PowerDns;
 use plinth_x509_pki::X509Pki;
 
 use crate::auth::Authenticator;
 use crate::http::{AppState, app};
+use crate::metrics::Metrics;
 use crate::telemetry;
 use settings::Config;
 
@@ -29,6 +34,9 @@ pub struct Running {
     addr: SocketAddr,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    foundings: Foundings,
+    shutdown_timeout: Duration,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -42,21 +50,40 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits.
+    /// Stops accepting, lets in-flight requests and foundings finish, and waits.
     pub async fn stop(self) {
         self.handle.stop(true).await;
-        let _ = self.server.await;
+        self.finish().await;
     }
 
     /// Waits until the server ends: on SIGTERM or SIGINT it stops accepting and lets in-flight
-    /// requests (foundings included) finish within the shutdown timeout.
+    /// requests, and the foundings running detached from them, finish within the shutdown
+    /// timeout; what still runs after it is left to its lease (recovery rolls it back).
     ///
     /// # Errors
     /// The server failed.
-    pub async fn wait(self) -> std::io::Result<()> {
-        self.server
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let served = (&mut self.server)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        self.finish().await;
+        served?
+    }
+
+    async fn finish(self) {
+        let left = self.foundings.drain(self.shutdown_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "foundings still running at shutdown are left to their leases"
+            );
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        if !self.server.is_finished() {
+            let _ = self.server.await;
+        }
     }
 }
 
@@ -92,11 +119,23 @@ async fn dns(config: &Config) -> anyhow::Result<Option<Arc<dyn Dns>>> {
     Ok(Some(Arc::new(powerdns)))
 }
 
+/// What [`build`] makes: the state the handlers share, the token verifier, and the recovery of
+/// abandoned operations.
+#[derive(Debug)]
+pub struct Built {
+    /// The handlers' state.
+    pub state: AppState,
+    /// Verifies operators' tokens.
+    pub authenticator: Authenticator,
+    /// This replica's recovery (run by [`start`] in the background).
+    pub recovery: Arc<Recovery>,
+}
+
 /// Builds the adapters and the use cases; migrates and creates the DNS zone when configured to.
 ///
 /// # Errors
 /// An adapter cannot be set up, or migrating fails.
-pub async fn build(config: &Config) -> anyhow::Result<(AppState, Authenticator)> {
+pub async fn build(config: &Config) -> anyhow::Result<Built> {
     let repo = Arc::new(repo(config)?);
     if config.database.migrate_on_start {
         let applied = repo.migrate().await.context("applying migrations")?;
@@ -109,16 +148,89 @@ pub async fn build(config: &Config) -> anyhow::Result<(AppState, Authenticator)>
     let dns = dns(config).await?;
     let authenticator =
         Authenticator::new(config.auth.clone()).context("loading the token verification keys")?;
-    let found = FoundCluster::new(repo.clone(), compute, pki, dns, config.founding.clone());
+    let leasing = Leasing {
+        owner: ReplicaId::for_this_process(),
+        lease: config.recovery.lease,
+    };
+    tracing::info!(replica = %leasing.owner, "this replica's id");
+    let observer = Metrics::observer();
+    let ports = FoundingPorts {
+        repo: repo.clone(),
+        operations: repo.clone(),
+        compute: compute.clone(),
+        pki,
+        dns,
+        observer: observer.clone(),
+    };
+    let found = FoundCluster::new(ports, config.founding.clone(), leasing.clone());
+    let recovery = Recovery::new(
+        repo.clone(),
+        compute,
+        observer,
+        leasing,
+        config.recovery.orphan_grace,
+    );
     let bundles = FetchBundle::new(repo.clone(), config.bundles.clone());
-    Ok((
-        AppState {
-            found,
+    Ok(Built {
+        state: AppState {
+            foundings: Foundings::new(found),
             bundles,
             repo,
         },
         authenticator,
-    ))
+        recovery: Arc::new(recovery),
+    })
+}
+
+/// Runs `pass` every `every`, the first time at once, logging what it did and why it failed.
+fn every<T, E, F, Fut>(every: Duration, what: &'static str, pass: F) -> tokio::task::JoinHandle<()>
+where
+    T: Into<usize>,
+    E: std::error::Error + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match pass().await {
+                Ok(done) => {
+                    let done: usize = done.into();
+                    if done > 0 {
+                        tracing::info!(done, "{what}");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %Chain(&e), "{what} failed"),
+            }
+        }
+    })
+}
+
+/// Starts this replica's background recovery: abandoned operations every scan interval, the
+/// orphan sweep every sweep interval.
+fn start_recovery(config: &Config, recovery: &Arc<Recovery>) -> Vec<tokio::task::JoinHandle<()>> {
+    let expired = Arc::clone(recovery);
+    let orphans = Arc::clone(recovery);
+    vec![
+        every(
+            config.recovery.scan_interval,
+            "abandoned operations rolled back",
+            move || {
+                let recovery = Arc::clone(&expired);
+                async move { recovery.recover_expired().await }
+            },
+        ),
+        every(
+            config.recovery.orphan_sweep_interval,
+            "orphaned resources deleted",
+            move || {
+                let recovery = Arc::clone(&orphans);
+                async move { recovery.sweep_orphans().await }
+            },
+        ),
+    ]
 }
 
 /// Builds everything and starts serving on `config.listen`.
@@ -127,7 +239,10 @@ pub async fn build(config: &Config) -> anyhow::Result<(AppState, Authenticator)>
 /// Building fails or the address cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     telemetry::init(config.log.format, &config.log.level);
-    let (state, authenticator) = build(&config).await?;
+    let built = build(&config).await?;
+    let background = start_recovery(&config, &built.recovery);
+    let foundings = built.state.foundings.clone();
+    let (state, authenticator) = (built.state, built.authenticator);
     let state = web::Data::new(state);
     let authenticator = web::Data::new(authenticator);
     let server = HttpServer::new(move || app(state.clone(), authenticator.clone()))
@@ -147,5 +262,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         handle,
         server: tokio::spawn(server),
+        foundings,
+        shutdown_timeout: config.shutdown_timeout(),
+        background,
     })
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use plinth_diesel_pg::{MasterKeySettings, PgSettings};
 use plinth_domain::bootstrap::BundleSettings;
 use plinth_domain::found_cluster::{FoundingSection, FoundingSettings};
+use plinth_domain::recovery::{RecoverySection, RecoverySettings};
 use plinth_domain::settings::SettingsError;
 use plinth_http_compute::HttpComputeSettings;
 use plinth_http_dns::PowerDnsSettings;
@@ -89,6 +90,7 @@ struct Sections {
     pki: PkiSettings,
     founding: FoundingSection,
     bootstrap: BundleSettings,
+    recovery: RecoverySection,
 }
 
 /// The checked configuration.
@@ -116,6 +118,8 @@ pub struct Config {
     pub founding: FoundingSettings,
     /// `[bootstrap]`, checked.
     pub bundles: BundleSettings,
+    /// `[recovery]`, checked.
+    pub recovery: RecoverySettings,
 }
 
 impl Config {
@@ -217,6 +221,7 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         powerdns.check().map_err(|e| e.within("dns.powerdns"))?;
     }
     let bundles = s.bootstrap.checked().map_err(|e| e.within("bootstrap"))?;
+    let recovery = s.recovery.settings().map_err(|e| e.within("recovery"))?;
     Ok(Config {
         listen,
         server: s.server,
@@ -229,6 +234,7 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         pki: s.pki,
         founding,
         bundles,
+        recovery,
     })
 }
 

@@ -2,7 +2,18 @@
 
 use actix_web::http::StatusCode;
 
-use crate::support::{ComputeFault, Fail, RepoFault, founding, post_cluster, send};
+use std::sync::Arc;
+
+use plinth_domain::found_cluster::FoundingSettings;
+use plinth_domain::model::{ClusterRequest, OrgId, SecurityGroupId, SubnetId, VmId};
+use plinth_domain::ports::compute::{
+    Compute, ComputeError, IngressRule, MockCompute, NewSecurityGroup, NewVm, Subnet,
+    TaggedResource,
+};
+
+use crate::support::{
+    ComputeFault, Fail, RepoFault, founding, founding_settings, post_cluster, send,
+};
 
 async fn found(fail: Fail) -> crate::support::Answer {
     let state = founding(fail, false).state();
@@ -56,28 +67,22 @@ async fn trust_material_failures_are_500_without_internals() {
 #[actix_web::test]
 async fn a_taken_name_is_409_name_taken() {
     assert_eq!(
-        stop(Fail::InsertCluster(RepoFault::Conflict)).await,
+        stop(Fail::Claim(RepoFault::Conflict)).await,
         (StatusCode::CONFLICT, "name-taken".into())
     );
 }
 
 #[actix_web::test]
-async fn a_database_failure_before_any_side_effect_is_503() {
-    for fail in [Fail::Begin, Fail::InsertCluster(RepoFault::Unavailable)] {
-        assert_eq!(
-            stop(fail).await,
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database-unavailable".into()
-            ),
-            "{fail:?}"
-        );
-    }
+async fn a_database_failure_before_any_side_effect_is_503_with_retry_after() {
+    let answer = found(Fail::Claim(RepoFault::Unavailable)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.problem(), "database-unavailable");
+    assert_eq!(answer.header("retry-after"), "2");
 }
 
 #[actix_web::test]
 async fn a_database_failure_after_side_effects_is_503_and_reports_the_cleanup() {
-    for fail in [Fail::RecordGroups, Fail::InsertNodes, Fail::Commit] {
+    for fail in [Fail::RecordGroups, Fail::Commit] {
         let answer = found(fail).await;
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{fail:?}");
         assert_eq!(answer.problem(), "database-unavailable");
@@ -194,7 +199,7 @@ async fn vms_without_addresses_by_the_deadline_are_504() {
 
 #[actix_web::test]
 async fn what_could_not_be_cleaned_up_is_listed_as_left_behind() {
-    let state = founding(Fail::InsertNodes, true).state();
+    let state = founding(Fail::Commit, true).state();
     let answer = send(&state, post_cluster("{}")).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     let cleanup = &answer.json()["cleanup"];
@@ -204,4 +209,69 @@ async fn what_could_not_be_cleaned_up_is_listed_as_left_behind() {
         4,
         "{cleanup}"
     );
+}
+
+/// A compute service whose VM creations never answer: a founding on it runs until it is dropped.
+struct Hanging(MockCompute);
+
+#[async_trait::async_trait]
+impl Compute for Hanging {
+    async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError> {
+        self.0.subnet(id).await
+    }
+    async fn create_security_group(
+        &self,
+        group: &NewSecurityGroup,
+    ) -> Result<SecurityGroupId, ComputeError> {
+        self.0.create_security_group(group).await
+    }
+    async fn add_ingress_rule(
+        &self,
+        group: &SecurityGroupId,
+        rule: &IngressRule,
+    ) -> Result<(), ComputeError> {
+        self.0.add_ingress_rule(group, rule).await
+    }
+    async fn create_vm(&self, _: &NewVm) -> Result<VmId, ComputeError> {
+        std::future::pending().await
+    }
+    async fn delete_vm(&self, id: &VmId) -> Result<(), ComputeError> {
+        self.0.delete_vm(id).await
+    }
+    async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<(), ComputeError> {
+        self.0.delete_security_group(id).await
+    }
+    async fn list_vms(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>, ComputeError> {
+        self.0.list_vms(key, value).await
+    }
+    async fn list_security_groups(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<TaggedResource>, ComputeError> {
+        self.0.list_security_groups(key, value).await
+    }
+}
+
+#[actix_web::test]
+async fn beyond_max_in_flight_a_founding_is_429_with_retry_after() {
+    let mut doubles = founding(Fail::Nothing, false);
+    let compute = std::mem::replace(&mut doubles.compute, MockCompute::new());
+    let settings = FoundingSettings {
+        max_in_flight: 1,
+        ..founding_settings()
+    };
+    let state = doubles.state_with(Arc::new(Hanging(compute)), settings);
+    let spec = ClusterRequest::default()
+        .validate(&state.foundings.settings().defaults)
+        .unwrap();
+    let running = state
+        .foundings
+        .submit(OrgId::parse("org-a").unwrap(), spec)
+        .unwrap();
+    let answer = send(&state, post_cluster("{}")).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.problem(), "too-many-foundings");
+    assert_eq!(answer.header("retry-after"), "2");
+    running.abort();
 }

@@ -15,12 +15,14 @@ use plinth_api::auth::{AuthSettings, Authenticator};
 use plinth_api::http::{AppState, app};
 use plinth_domain::FoundCluster;
 use plinth_domain::bootstrap::{BundleSettings, FetchBundle};
-use plinth_domain::found_cluster::FoundingSettings;
-use plinth_domain::model::{OrgId, SecretText, SecurityGroupId, VmId};
-use plinth_domain::ports::compute::{ComputeError, MockCompute, Subnet};
+use plinth_domain::found_cluster::{FoundingPorts, FoundingSettings, Foundings, Leasing};
+use plinth_domain::model::{OrgId, ReplicaId, SecretText, SecurityGroupId, VmId};
+use plinth_domain::ports::compute::{Compute, ComputeError, MockCompute, Subnet};
 use plinth_domain::ports::dns::MockDns;
+use plinth_domain::ports::observer::Unobserved;
+use plinth_domain::ports::operations::MockOperations;
 use plinth_domain::ports::pki::{MockPki, PkiError};
-use plinth_domain::ports::repo::{MockRepo, MockRepoTx, RepoError, RepoTx, VmIdentity};
+use plinth_domain::ports::repo::{MockRepo, RepoError, VmIdentity};
 use plinth_domain::testing::{certified, cluster_ca, service_account};
 use serde_json::Value;
 
@@ -113,6 +115,7 @@ pub fn founding_settings() -> FoundingSettings {
 /// and the panic fails the test).
 pub struct Doubles {
     pub repo: MockRepo,
+    pub operations: MockOperations,
     pub compute: MockCompute,
     pub pki: MockPki,
     pub dns: Option<MockDns>,
@@ -122,25 +125,42 @@ impl Doubles {
     pub fn new() -> Self {
         Self {
             repo: MockRepo::new(),
+            operations: MockOperations::new(),
             compute: MockCompute::new(),
             pki: MockPki::new(),
             dns: None,
         }
     }
 
-    pub fn state(self) -> web::Data<AppState> {
+    pub fn state(mut self) -> web::Data<AppState> {
+        let compute = Arc::new(std::mem::replace(&mut self.compute, MockCompute::new()));
+        self.state_with(compute, founding_settings())
+    }
+
+    /// The state over these doubles, with another compute and other settings.
+    pub fn state_with(
+        self,
+        compute: Arc<dyn Compute>,
+        settings: FoundingSettings,
+    ) -> web::Data<AppState> {
         let repo = Arc::new(self.repo);
         let dns = self
             .dns
             .map(|d| Arc::new(d) as Arc<dyn plinth_domain::ports::dns::Dns>);
+        let ports = FoundingPorts {
+            repo: repo.clone(),
+            operations: Arc::new(self.operations),
+            compute,
+            pki: Arc::new(self.pki),
+            dns,
+            observer: Arc::new(Unobserved),
+        };
+        let leasing = Leasing {
+            owner: ReplicaId::new("test-replica"),
+            lease: Duration::from_secs(30),
+        };
         web::Data::new(AppState {
-            found: FoundCluster::new(
-                repo.clone(),
-                Arc::new(self.compute),
-                Arc::new(self.pki),
-                dns,
-                founding_settings(),
-            ),
+            foundings: Foundings::new(FoundCluster::new(ports, settings, leasing)),
             bundles: FetchBundle::new(repo.clone(), BundleSettings::default()),
             repo,
         })
@@ -218,8 +238,8 @@ pub enum Fail {
     Nothing,
     CreateCa,
     ServiceAccountKey,
-    Begin,
-    InsertCluster(RepoFault),
+    /// Claiming the name: the operation and the cluster row.
+    Claim(RepoFault),
     Subnet(ComputeFault),
     CreateGroup(ComputeFault),
     AddRule(ComputeFault),
@@ -230,7 +250,7 @@ pub enum Fail {
     /// No VM ever gets a private IPv4.
     NoAddresses,
     SignNodeCert,
-    InsertNodes,
+    /// The last transaction does not commit (and the fence then holds: nothing committed).
     Commit,
 }
 
@@ -304,17 +324,41 @@ pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
         .expect_sign_client_cert()
         .returning(|_, request| Ok(certified(&request.common_name)));
 
-    let mut tx = MockRepoTx::new();
-    tx.expect_insert_cluster().returning(move |_| match fail {
-        Fail::InsertCluster(fault) => Err(repo_error(fault)),
-        _ => Ok(()),
-    });
-    tx.expect_record_security_groups().returning(move |_, _| {
-        when(fail == Fail::RecordGroups, || {
-            repo_error(RepoFault::Unavailable)
-        })
-    });
-    tx.expect_vm_identities().returning(move |ids| {
+    d.operations
+        .expect_begin_founding()
+        .returning(move |_| match fail {
+            Fail::Claim(fault) => Err(repo_error(fault)),
+            _ => Ok(()),
+        });
+    d.operations
+        .expect_renew_lease()
+        .returning(|_, _, _| Ok(()));
+    d.operations
+        .expect_store_trust_root()
+        .returning(|_, _, _, _| Ok(()));
+    d.operations
+        .expect_record_intents()
+        .returning(|_, _| Ok(()));
+    d.operations
+        .expect_record_created()
+        .returning(|_, _, _| Ok(()));
+    d.operations
+        .expect_record_deleted()
+        .returning(|_, _| Ok(()));
+    d.operations
+        .expect_record_security_groups()
+        .returning(move |_, _, _| {
+            when(fail == Fail::RecordGroups, || {
+                repo_error(RepoFault::Unavailable)
+            })
+        });
+    d.operations
+        .expect_finish_founding()
+        .returning(move |_, _| when(fail == Fail::Commit, || repo_error(RepoFault::Unavailable)));
+    d.operations
+        .expect_fail_operation()
+        .returning(|_, _| Ok(()));
+    d.repo.expect_vm_identities().returning(move |ids| {
         when(fail == Fail::VmLookup, || {
             repo_error(RepoFault::Unavailable)
         })?;
@@ -331,21 +375,12 @@ pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
             })
             .collect())
     });
-    tx.expect_insert_etcd_nodes().returning(move |_| {
-        when(fail == Fail::InsertNodes, || {
-            repo_error(RepoFault::Unavailable)
-        })
-    });
-    tx.expect_insert_apiserver_nodes().returning(|_| Ok(()));
-    tx.expect_insert_shared_certs().returning(|_, _| Ok(()));
-    tx.expect_commit()
-        .returning(move || when(fail == Fail::Commit, || repo_error(RepoFault::Unavailable)));
-    tx.expect_rollback().returning(|| Ok(()));
-    let mut tx = Some(tx);
-    d.repo.expect_begin().returning(move || {
-        when(fail == Fail::Begin, || repo_error(RepoFault::Unavailable))?;
-        Ok(Box::new(tx.take().expect("one founding per test")) as Box<dyn RepoTx>)
-    });
+    // The journal knows every resource here: the listings by the operation's tag find nothing
+    // more.
+    d.compute.expect_list_vms().returning(|_, _| Ok(Vec::new()));
+    d.compute
+        .expect_list_security_groups()
+        .returning(|_, _| Ok(Vec::new()));
 
     d.compute.expect_subnet().returning(move |id| match fail {
         Fail::Subnet(fault) => Err(fault.error()),
@@ -379,6 +414,6 @@ pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
         .returning(move |_| when(cleanup_fails, || ComputeError::Unavailable("down".into())));
     d.compute
         .expect_delete_security_group()
-        .returning(move |_| when(cleanup_fails, || ComputeError::Conflict("in use".into())));
+        .returning(move |_| when(cleanup_fails, || ComputeError::Unavailable("down".into())));
     d
 }

@@ -4,46 +4,47 @@ use std::time::Duration;
 use crate::model::{NodeOrdinal, SecurityGroupId, SubnetId, VmId};
 use crate::ports::Chain;
 use crate::ports::compute::ComputeError;
+use crate::ports::operations::{OperationProblem, ResourceKind};
 use crate::ports::pki::PkiError;
 use crate::ports::repo::RepoError;
 
 /// The steps of a founding after the request is validated (docs/ARCHITECTURE.md §1), for
-/// errors, spans and metrics.
+/// errors, spans, metrics and the operation's `step`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FoundingStep {
-    /// 2: cluster CA with intermediates, and the service-account key pair.
+    /// 2: commit the operation and the `provisioning` cluster row, claiming the name.
+    ClaimName,
+    /// 3: cluster CA with intermediates, and the service-account key pair, stored sealed.
     CreateTrustRoot,
-    /// 3: begin the transaction and insert the cluster row.
-    OpenTransaction,
     /// 4: use the given groups, or create one for the cluster.
     ResolveSecurityGroups,
     /// 5: one VM per ordinal, concurrently.
     CreateVms,
     /// 6: read each VM's addresses back from the database.
     ReadBackVms,
-    /// 7: one etcd and one apiserver certificate per node.
+    /// 7: the node certificates, the shared client certificates, the admin kubeconfig.
     SignNodeCerts,
-    /// 8: the etcd and apiserver node rows.
-    InsertNodes,
-    /// 9: admin certificate, kubeconfig, commit.
+    /// 8–9: one short transaction: node rows, cluster ready, operation succeeded.
     Commit,
     /// 10: the shared control-plane record (soft).
     PublishDns,
+    /// A stopped founding deleting what it made (or recovery doing it for a dead replica).
+    RollBack,
 }
 
 impl FoundingStep {
-    /// A stable snake_case name for logs and metric labels.
+    /// A stable snake_case name for logs, metric labels and the stored operation.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::ClaimName => "claim_name",
             Self::CreateTrustRoot => "create_trust_root",
-            Self::OpenTransaction => "open_transaction",
             Self::ResolveSecurityGroups => "resolve_security_groups",
             Self::CreateVms => "create_vms",
             Self::ReadBackVms => "read_back_vms",
             Self::SignNodeCerts => "sign_node_certs",
-            Self::InsertNodes => "insert_nodes",
             Self::Commit => "commit",
             Self::PublishDns => "publish_dns",
+            Self::RollBack => "roll_back",
         }
     }
 }
@@ -58,18 +59,22 @@ impl fmt::Display for FoundingStep {
 /// error that caused it is its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum FoundingFailure {
+    /// The operation and cluster row could not be committed (`Conflict`: the name is taken in
+    /// the organization). Nothing was made.
+    #[error("claiming the cluster's name failed")]
+    ClaimName(#[source] RepoError),
     /// The cluster CA (or an intermediate) could not be created.
     #[error("creating the cluster CA failed")]
     CreateCa(#[source] PkiError),
     /// The service-account key pair could not be created.
     #[error("creating the service-account key pair failed")]
     CreateServiceAccountKey(#[source] PkiError),
-    /// No transaction could be started.
-    #[error("starting the database transaction failed")]
-    BeginTransaction(#[source] RepoError),
-    /// The cluster row could not be inserted (`Conflict`: the name is taken in the organization).
-    #[error("inserting the cluster row failed")]
-    InsertCluster(#[source] RepoError),
+    /// The trust material could not be stored.
+    #[error("storing the cluster's trust material failed")]
+    StoreTrustRoot(#[source] RepoError),
+    /// The journal could not be written (an intent, a created resource, the lease).
+    #[error("writing the operation's journal failed")]
+    Journal(#[source] RepoError),
     /// The subnet could not be read.
     #[error("looking up subnet {subnet} failed")]
     SubnetLookup {
@@ -118,35 +123,208 @@ pub enum FoundingFailure {
         /// The PKI error.
         source: PkiError,
     },
-    /// Node rows could not be inserted.
-    #[error("inserting node rows failed")]
-    InsertNodes(#[source] RepoError),
     /// The admin kubeconfig could not be rendered.
     #[error("rendering the admin kubeconfig failed: {0}")]
     RenderKubeconfig(String),
-    /// The transaction could not be committed.
+    /// The last transaction did not commit (read back: the operation still runs).
     #[error("committing the founding failed")]
     Commit(#[source] RepoError),
+    /// Whether the last transaction committed is not known: the database could not be asked.
+    /// Nothing is rolled back; recovery finishes the operation one way or the other.
+    #[error("whether the founding committed is not known")]
+    CommitUnknown(#[source] RepoError),
+    /// The whole founding outlasted its deadline.
+    #[error("the founding did not finish within {}s", .0.as_secs())]
+    Deadline(Duration),
+    /// Another replica took the operation over (this one's lease lapsed); it finishes it.
+    #[error("the operation was taken over by another replica")]
+    Interrupted,
+}
+
+/// The classes of failure a caller sees: each is one problem type (and one HTTP status) at the
+/// service's edge, the same for a founding answered live and for one read back later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The name is taken in the organization.
+    NameTaken,
+    /// A key or certificate could not be made.
+    TrustMaterialFailed,
+    /// plinth's database failed.
+    DatabaseUnavailable,
+    /// The compute service refused the request's subnet, groups, flavor or image.
+    ComputeRefused,
+    /// The compute service could not go on (e.g. no address left).
+    ComputeConflict,
+    /// The compute service failed.
+    ComputeFailed,
+    /// The compute service did not answer in time.
+    ComputeTimeout,
+    /// The VMs' rows could not be read.
+    VmLookupFailed,
+    /// The VMs had no address by the deadline.
+    VmAddressesTimeout,
+    /// The founding outlasted its deadline.
+    FoundingDeadline,
+    /// The replica running the founding went away; recovery rolled it back.
+    Interrupted,
+}
+
+impl FailureKind {
+    /// The problem type's slug, e.g. `compute-refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NameTaken => "name-taken",
+            Self::TrustMaterialFailed => "trust-material-failed",
+            Self::DatabaseUnavailable => "database-unavailable",
+            Self::ComputeRefused => "compute-refused",
+            Self::ComputeConflict => "compute-conflict",
+            Self::ComputeFailed => "compute-failed",
+            Self::ComputeTimeout => "compute-timeout",
+            Self::VmLookupFailed => "vm-lookup-failed",
+            Self::VmAddressesTimeout => "vm-addresses-timeout",
+            Self::FoundingDeadline => "founding-deadline",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    /// The kind a slug names.
+    pub fn parse(slug: &str) -> Option<Self> {
+        [
+            Self::NameTaken,
+            Self::TrustMaterialFailed,
+            Self::DatabaseUnavailable,
+            Self::ComputeRefused,
+            Self::ComputeConflict,
+            Self::ComputeFailed,
+            Self::ComputeTimeout,
+            Self::VmLookupFailed,
+            Self::VmAddressesTimeout,
+            Self::FoundingDeadline,
+            Self::Interrupted,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == slug)
+    }
+}
+
+/// A compute failure's class and its words for the caller: the caller's input refused is the
+/// platform's message; the platform failing says only what plinth was doing.
+fn compute_failure(e: &ComputeError, doing: &str) -> (FailureKind, String) {
+    match e {
+        ComputeError::NotFound(m) | ComputeError::Rejected(m) => (
+            FailureKind::ComputeRefused,
+            format!("the compute service refused {doing}: {m}"),
+        ),
+        ComputeError::Timeout(_) => (
+            FailureKind::ComputeTimeout,
+            format!("the compute service did not answer in time while {doing}"),
+        ),
+        ComputeError::Conflict(m) => (
+            FailureKind::ComputeConflict,
+            format!("the compute service could not go on with {doing}: {m}"),
+        ),
+        _ => (
+            FailureKind::ComputeFailed,
+            format!("the compute service failed while {doing}"),
+        ),
+    }
 }
 
 impl FoundingFailure {
-    /// The step that stopped.
-    pub fn step(&self) -> FoundingStep {
+    /// The class of failure, and what to tell the caller (never internals).
+    pub fn classify(&self) -> (FailureKind, String) {
+        let database = |doing: &str| {
+            (
+                FailureKind::DatabaseUnavailable,
+                format!("the database failed while {doing}; nothing was founded"),
+            )
+        };
         match self {
-            Self::CreateCa(_) | Self::CreateServiceAccountKey(_) => FoundingStep::CreateTrustRoot,
-            Self::BeginTransaction(_) | Self::InsertCluster(_) => FoundingStep::OpenTransaction,
-            Self::SubnetLookup { .. }
-            | Self::CreateSecurityGroup(_)
-            | Self::AddIngressRule { .. }
-            | Self::RecordSecurityGroups(_) => FoundingStep::ResolveSecurityGroups,
-            Self::CreateVms(_) => FoundingStep::CreateVms,
-            Self::VmIdentityLookup(_) | Self::VmAddressesDeadline { .. } => {
-                FoundingStep::ReadBackVms
+            Self::CreateCa(_)
+            | Self::CreateServiceAccountKey(_)
+            | Self::SignCertificate { .. }
+            | Self::RenderKubeconfig(_) => (
+                FailureKind::TrustMaterialFailed,
+                "the cluster's trust material could not be made; nothing was founded".to_owned(),
+            ),
+            Self::ClaimName(RepoError::Conflict(m)) => (FailureKind::NameTaken, m.clone()),
+            Self::ClaimName(_) => database("starting the founding"),
+            Self::StoreTrustRoot(_) | Self::Journal(_) | Self::RecordSecurityGroups(_) => {
+                database("storing the cluster")
             }
-            Self::SignCertificate { .. } => FoundingStep::SignNodeCerts,
-            Self::InsertNodes(_) => FoundingStep::InsertNodes,
-            Self::RenderKubeconfig(_) | Self::Commit(_) => FoundingStep::Commit,
+            Self::Commit(_) => database("committing the cluster"),
+            Self::CommitUnknown(_) => (
+                FailureKind::DatabaseUnavailable,
+                "the database failed while committing the cluster; whether it was founded is \
+                 not known yet: GET /clusters shows it once it is"
+                    .to_owned(),
+            ),
+            Self::SubnetLookup { source, subnet } => {
+                compute_failure(source, &format!("reading subnet {subnet}"))
+            }
+            Self::CreateSecurityGroup(source) => {
+                compute_failure(source, "creating the control-plane security group")
+            }
+            Self::AddIngressRule { source, .. } => {
+                compute_failure(source, "opening the control-plane security group")
+            }
+            Self::CreateVms(failures) => {
+                let ordinals: Vec<String> = failures
+                    .iter()
+                    .map(|(ordinal, _)| format!("cp-{ordinal}"))
+                    .collect();
+                let (kind, _) = failures
+                    .first()
+                    .map_or((FailureKind::ComputeFailed, String::new()), |(_, e)| {
+                        compute_failure(e, "")
+                    });
+                let reason = match (kind, failures.first()) {
+                    (FailureKind::ComputeRefused | FailureKind::ComputeConflict, Some((_, e))) => {
+                        format!(": {e}")
+                    }
+                    _ => String::new(),
+                };
+                (
+                    kind,
+                    format!(
+                        "the compute service failed to create VM(s) {}{reason}",
+                        ordinals.join(", ")
+                    ),
+                )
+            }
+            Self::VmIdentityLookup(_) => (
+                FailureKind::VmLookupFailed,
+                "the VMs' addresses could not be read".to_owned(),
+            ),
+            Self::VmAddressesDeadline {
+                waiting_for,
+                waited,
+            } => (
+                FailureKind::VmAddressesTimeout,
+                format!(
+                    "{} VM(s) had no private IPv4 after {}s",
+                    waiting_for.len(),
+                    waited.as_secs()
+                ),
+            ),
+            Self::Deadline(limit) => (
+                FailureKind::FoundingDeadline,
+                format!(
+                    "the founding did not finish within {}s; what it made was deleted",
+                    limit.as_secs()
+                ),
+            ),
+            Self::Interrupted => (
+                FailureKind::Interrupted,
+                "the founding was interrupted and is being rolled back; try again".to_owned(),
+            ),
         }
+    }
+
+    /// Whether the founding's own resources must be deleted now. Not when another replica owns
+    /// the operation, nor when the commit may have happened: recovery decides those.
+    pub fn rolls_back(&self) -> bool {
+        !matches!(self, Self::Interrupted | Self::CommitUnknown(_))
     }
 }
 
@@ -162,20 +340,31 @@ fn list_vm_ids(ids: &[VmId]) -> String {
     ids.iter().map(VmId::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// A platform resource a founding created before it stopped.
+/// A platform resource a founding created (or may have created) before it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreatedResource {
     /// A control-plane VM.
     Vm(VmId),
     /// The cluster's security group.
     SecurityGroup(SecurityGroupId),
+    /// A creation whose outcome is not known and could not be looked up.
+    Unknown {
+        /// What it would be.
+        kind: ResourceKind,
+        /// The key it was sent with.
+        idempotency_key: String,
+    },
 }
 
 impl fmt::Display for CreatedResource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Vm(id) => write!(f, "VM {id}"),
-            Self::SecurityGroup(id) => write!(f, "security group {id}"),
+            Self::Vm(id) => write!(f, "vm {id}"),
+            Self::SecurityGroup(id) => write!(f, "security_group {id}"),
+            Self::Unknown {
+                kind,
+                idempotency_key,
+            } => write!(f, "{} of key {idempotency_key}", kind.as_str()),
         }
     }
 }
@@ -193,6 +382,21 @@ impl CleanupReport {
     /// Whether the failed founding left nothing behind.
     pub fn is_clean(&self) -> bool {
         self.left_behind.is_empty()
+    }
+
+    /// The stored problem of an operation that stopped with this cleanup.
+    pub fn problem(&self, kind: FailureKind, step: &str, detail: String) -> OperationProblem {
+        OperationProblem {
+            kind: kind.as_str().to_owned(),
+            step: step.to_owned(),
+            detail,
+            removed: self.removed.iter().map(ToString::to_string).collect(),
+            left_behind: self
+                .left_behind
+                .iter()
+                .map(|(r, _)| r.to_string())
+                .collect(),
+        }
     }
 }
 
@@ -220,8 +424,10 @@ impl fmt::Display for CleanupReport {
 #[non_exhaustive]
 pub enum FoundClusterError {
     /// A hard stop at one of the steps.
-    #[error("founding stopped at step {}{cleanup}", failure.step())]
+    #[error("founding stopped at step {step}{cleanup}")]
     Failed {
+        /// The step the founding was at.
+        step: FoundingStep,
         /// What stopped it.
         #[source]
         failure: FoundingFailure,
@@ -231,6 +437,13 @@ pub enum FoundClusterError {
 }
 
 impl FoundClusterError {
+    /// The step the founding was at when it stopped.
+    pub fn step(&self) -> FoundingStep {
+        match self {
+            Self::Failed { step, .. } => *step,
+        }
+    }
+
     /// The failure that stopped the founding.
     pub fn failure(&self) -> &FoundingFailure {
         match self {
@@ -243,5 +456,11 @@ impl FoundClusterError {
         match self {
             Self::Failed { cleanup, .. } => cleanup,
         }
+    }
+
+    /// The failure as it is stored with the operation and shown to the caller.
+    pub fn problem(&self) -> OperationProblem {
+        let (kind, detail) = self.failure().classify();
+        self.cleanup().problem(kind, self.step().as_str(), detail)
     }
 }

@@ -1,47 +1,59 @@
 //! `FoundCluster`: the founding sequence of `POST /clusters` (docs/ARCHITECTURE.md §1, steps 2
-//! to 10; step 1, validation, makes the [`ClusterSpec`] it takes).
+//! to 10; step 1, validation, makes the [`ClusterSpec`] it takes), as a journaled saga.
+//!
+//! A founding first commits its operation and its `provisioning` cluster row (which claims the
+//! name), then writes down every side effect before it happens (with the idempotency key it is
+//! sent with) and after (with the resource's id), and ends with one short transaction that
+//! inserts the node rows and makes the cluster `ready`. No transaction is held across a compute
+//! call. While it runs, its replica renews the operation's lease; if the replica dies, another
+//! one's recovery finds the lease expired and rolls the founding back from its journal.
 
+mod certs;
 mod error;
 mod kubeconfig;
+mod rollback;
 mod settings;
+mod supervisor;
 mod userdata;
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{join_all, try_join_all};
+use futures::future::join_all;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
-pub use error::{CleanupReport, CreatedResource, FoundClusterError, FoundingFailure, FoundingStep};
+pub use error::{
+    CleanupReport, CreatedResource, FailureKind, FoundClusterError, FoundingFailure, FoundingStep,
+};
 pub use kubeconfig::{KubeconfigSpec, render_kubeconfig};
+pub(crate) use rollback::roll_back;
 pub use settings::{FoundingSection, FoundingSettings};
+pub use supervisor::{Foundings, SubmitError};
 pub use userdata::{
     BootstrapBaseUrl, bootstrap_path, bootstrap_path_template, render_userdata_shim,
 };
 
 use crate::model::{
     BootstrapToken, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, Networking,
-    NodeAddresses, NodeName, NodeOrdinal, OrgId, SecretText, SecurityGroupChoice, SecurityGroupId,
-    VmId, apiserver_sans, etcd_sans,
+    NodeAddresses, NodeName, NodeOrdinal, OperationId, OperationKind, OperationState, OrgId,
+    ReplicaId, SecretText, SecurityGroupChoice, SecurityGroupId, VmId,
 };
 use crate::ports::Chain;
-use crate::ports::compute::{
-    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Tags,
-};
+use crate::ports::compute::{Compute, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Tags};
 use crate::ports::dns::{AddressRecords, Dns};
-use crate::ports::pki::{
-    CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError, ServiceAccountKeyPair,
-    ServingCertRequest, SharedClientCert, SharedClientCerts,
+use crate::ports::observer::Observer;
+use crate::ports::operations::{
+    FoundingRows, JournalEntry, Lease, NewFounding, Operations, ResourceKind,
 };
+use crate::ports::pki::{ClusterCa, Pki, ServiceAccountKeyPair};
 use crate::ports::repo::{
-    ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
-    Repo, RepoTx, VmIdentity,
+    ClusterSecurityGroups, NewClusterRecord, NodePlacement, Repo, RepoError, VmIdentity,
 };
 
 /// Tag keys put on every VM and security group plinth creates.
@@ -52,18 +64,15 @@ pub mod tags {
     pub const CLUSTER_ID: &str = "plinth.io/cluster-id";
     /// The organization id.
     pub const ORG_ID: &str = "plinth.io/org-id";
+    /// The operation that created the resource: a rollback finds by it what its journal does
+    /// not know (a creation whose answer was lost).
+    pub const OPERATION_ID: &str = "plinth.io/operation-id";
     /// The node ordinal (VMs only).
     pub const ORDINAL: &str = "plinth.io/ordinal";
     /// The role value of control-plane resources.
     pub const ROLE_CONTROL_PLANE: &str = "control-plane";
 }
 
-/// The admin client certificate's subject: a `system:masters` user, because plinth does not run
-/// `kubeadm init` and so cannot rely on the `kubeadm:cluster-admins` binding existing.
-const ADMIN_COMMON_NAME: &str = "kubernetes-admin";
-const ADMIN_GROUP: &str = "system:masters";
-const APISERVER_COMMON_NAME: &str = "kube-apiserver";
-const NODES_GROUP: &str = "system:nodes";
 /// Why `dns_configured` is false when the deployment has no DNS adapter.
 pub const DNS_NOT_CONFIGURED: &str = "DNS is not configured for this deployment";
 
@@ -83,6 +92,8 @@ pub struct SuggestedDnsRecord {
 pub struct FoundedCluster {
     /// The new cluster.
     pub cluster_id: ClusterId,
+    /// The operation that founded it.
+    pub operation_id: OperationId,
     /// Its optional name.
     pub name: Option<ClusterName>,
     /// Its VMs in ordinal order.
@@ -107,32 +118,49 @@ pub struct FoundedCluster {
     pub dns_error: Option<String>,
 }
 
-/// The use case: founds a cluster through the four ports.
-pub struct FoundCluster {
-    repo: Arc<dyn Repo>,
-    compute: Arc<dyn Compute>,
-    pki: Arc<dyn Pki>,
-    dns: Option<Arc<dyn Dns>>,
-    settings: FoundingSettings,
+/// Who works on operations, and for how long a lease holds without renewal.
+#[derive(Debug, Clone)]
+pub struct Leasing {
+    /// This replica.
+    pub owner: ReplicaId,
+    /// A lease's length; the holder renews it at a third of that.
+    pub lease: Duration,
 }
 
-impl std::fmt::Debug for FoundCluster {
+/// The ports a founding drives.
+#[derive(Clone)]
+pub struct FoundingPorts {
+    /// Cluster truth, read (the `vms` rows).
+    pub repo: Arc<dyn Repo>,
+    /// The operations journal: every write of a founding.
+    pub operations: Arc<dyn Operations>,
+    /// The platform's compute API.
+    pub compute: Arc<dyn Compute>,
+    /// Trust material.
+    pub pki: Arc<dyn Pki>,
+    /// DNS; `None`: the deployment publishes nothing.
+    pub dns: Option<Arc<dyn Dns>>,
+    /// Where counts of outcomes go.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for FoundingPorts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FoundCluster")
+        f.debug_struct("FoundingPorts")
             .field("dns", &self.dns.is_some())
-            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
-/// The platform resources one founding created, so that a hard stop can delete exactly them.
-#[derive(Debug, Default)]
-struct Created {
-    security_group: Option<SecurityGroupId>,
-    vms: Vec<VmId>,
+/// The use case: founds a cluster through the ports.
+#[derive(Debug)]
+pub struct FoundCluster {
+    ports: FoundingPorts,
+    settings: FoundingSettings,
+    leasing: Leasing,
 }
 
-/// A VM the founding asked for, with the token its shim holds.
+/// A VM the founding asks for, with the token its shim holds.
 struct PlannedNode {
     ordinal: NodeOrdinal,
     name: NodeName,
@@ -140,44 +168,58 @@ struct PlannedNode {
     vm: NewVm,
 }
 
-/// Everything steps 3 to 9 produce, ready for the commit.
+/// What steps 3 to 7 make: the last transaction's rows, and what the answer needs.
 struct Prepared {
+    rows: FoundingRows,
     nodes: Vec<NodePlacement>,
     admin_kubeconfig: SecretText,
 }
 
-/// A node's own certificates.
-struct NodeCerts {
-    etcd: CertifiedKey,
-    apiserver: CertifiedKey,
-    kubelet: CertifiedKey,
-}
-
-/// Per-founding facts every step reads.
+/// Per-founding facts every step reads, and what it has done so far.
 struct Founding<'a> {
     cluster_id: ClusterId,
+    lease: Lease,
     org: &'a OrgId,
     spec: &'a ClusterSpec,
     names: ClusterDnsNames,
     created_at: OffsetDateTime,
+    /// The step it is at, for the lease renewals and the error.
+    step: Mutex<FoundingStep>,
+    /// Its side effects as far as this replica knows them, for its own rollback.
+    journal: Mutex<Vec<JournalEntry>>,
+}
+
+impl Founding<'_> {
+    fn step(&self) -> FoundingStep {
+        *self
+            .step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Vec<JournalEntry>> {
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A journal write failed: if the lease is gone, another replica owns the founding now.
+fn journal_error(e: RepoError, wrap: fn(RepoError) -> FoundingFailure) -> FoundingFailure {
+    match e {
+        RepoError::LeaseLost => FoundingFailure::Interrupted,
+        other => wrap(other),
+    }
 }
 
 impl FoundCluster {
-    /// Wires the use case. `dns: None` is a deployment without DNS: foundings then report
+    /// Wires the use case. `ports.dns: None` is a deployment without DNS: foundings then report
     /// `dns_configured = false`.
-    pub fn new(
-        repo: Arc<dyn Repo>,
-        compute: Arc<dyn Compute>,
-        pki: Arc<dyn Pki>,
-        dns: Option<Arc<dyn Dns>>,
-        settings: FoundingSettings,
-    ) -> Self {
+    pub fn new(ports: FoundingPorts, settings: FoundingSettings, leasing: Leasing) -> Self {
         Self {
-            repo,
-            compute,
-            pki,
-            dns,
+            ports,
             settings,
+            leasing,
         }
     }
 
@@ -188,170 +230,248 @@ impl FoundCluster {
 
     /// Founds a cluster of shape `spec` (a request validated against [`Self::settings`]'
     /// defaults) for `org`. On a hard stop nothing is committed and the VMs and security group
-    /// this call created are deleted again (the error reports what could not be).
+    /// the founding created are deleted again (the error reports what could not be); if this
+    /// replica loses the operation, the one that takes it over does that.
     pub async fn found(
         &self,
         org: &OrgId,
         spec: ClusterSpec,
     ) -> Result<FoundedCluster, FoundClusterError> {
         let cluster_id = ClusterId::new_random();
-        let founding = Founding {
+        let operation = OperationId::new_random();
+        let f = Founding {
             cluster_id,
+            lease: Lease {
+                operation,
+                owner: self.leasing.owner.clone(),
+            },
             org,
             spec: &spec,
             names: ClusterDnsNames::new(cluster_id, &self.settings.dns_zone),
             created_at: OffsetDateTime::now_utc(),
+            step: Mutex::new(FoundingStep::ClaimName),
+            journal: Mutex::default(),
         };
-        let span = info_span!("found_cluster", cluster_id = %cluster_id, org = %org);
-        self.run(&founding).instrument(span).await
+        let span = info_span!("found_cluster", cluster_id = %cluster_id, operation = %operation, org = %org);
+        let result = self.run(&f).instrument(span).await;
+        let outcome = match &result {
+            Ok(_) => Some("succeeded".to_owned()),
+            // The replica that took the operation over reports how it ended.
+            Err(e) if matches!(e.failure(), FoundingFailure::Interrupted) => None,
+            Err(e) => Some(format!("failed_{}", e.step())),
+        };
+        if let Some(outcome) = outcome {
+            self.ports
+                .observer
+                .operation_ended(OperationKind::Found, &outcome);
+        }
+        result
     }
 
     async fn run(&self, f: &Founding<'_>) -> Result<FoundedCluster, FoundClusterError> {
-        let (ca, service_account) = self
-            .create_trust_root(f)
-            .instrument(step_span(FoundingStep::CreateTrustRoot))
+        self.claim(f)
+            .instrument(step_span(FoundingStep::ClaimName))
             .await
-            .map_err(|failure| stopped(failure, CleanupReport::default()))?;
-
-        let mut tx = self
-            .repo
-            .begin()
-            .instrument(step_span(FoundingStep::OpenTransaction))
-            .await
-            .map_err(|e| {
-                stopped(
-                    FoundingFailure::BeginTransaction(e),
-                    CleanupReport::default(),
-                )
+            .map_err(|failure| {
+                stopped(FoundingStep::ClaimName, failure, CleanupReport::default())
             })?;
-
-        let mut created = Created::default();
-        let prepared = self
-            .prepare(f, tx.as_mut(), &mut created, ca, service_account)
-            .await;
+        let deadline = self.settings.deadline;
+        // Steps 3 to 7 under the deadline and the lease renewals; the commit after them, outside
+        // both: it is one short transaction, and what it did must be read from its own answer
+        // (and the fence), not guessed from a deadline or a renewal racing it.
+        let prepared = tokio::select! {
+            outcome = tokio::time::timeout(deadline, self.forward(f)) => {
+                outcome.unwrap_or(Err(FoundingFailure::Deadline(deadline)))
+            }
+            () = self.keep_lease(f) => Err(FoundingFailure::Interrupted),
+        };
         let committed = match prepared {
-            Ok(prepared) => tx
-                .commit()
+            Ok(prepared) => self
+                .commit(f, &prepared.rows)
                 .instrument(step_span(FoundingStep::Commit))
                 .await
-                .map(|()| prepared)
-                .map_err(FoundingFailure::Commit),
-            Err(failure) => {
-                if let Err(e) = tx.rollback().await {
-                    // The transaction dies with its connection anyway; note it and go on.
-                    tracing::warn!(error = %Chain(&e), "rolling back the founding transaction failed");
+                .map(|()| prepared),
+            Err(failure) => Err(failure),
+        };
+        match committed {
+            Ok(prepared) => Ok(self.answer(f, prepared).await),
+            Err(failure) => Err(self.stop(f, failure).await),
+        }
+    }
+
+    /// Step 2: the operation and the `provisioning` cluster row, in one commit. A taken name is
+    /// a conflict here, before any key is made or any resource created.
+    async fn claim(&self, f: &Founding<'_>) -> Result<(), FoundingFailure> {
+        let founding = NewFounding {
+            lease: f.lease.clone(),
+            lease_for: self.leasing.lease,
+            cluster: NewClusterRecord {
+                id: f.cluster_id,
+                org: f.org.clone(),
+                spec: f.spec.clone(),
+                networking: self.settings.networking.clone(),
+                control_plane_dns_name: f.names.control_plane.clone(),
+                ingress_wildcard_dns_name: f.names.ingress_wildcard.clone(),
+                created_at: f.created_at,
+            },
+        };
+        self.ports
+            .operations
+            .begin_founding(&founding)
+            .await
+            .map_err(FoundingFailure::ClaimName)
+    }
+
+    /// Renews the lease at a third of its length until it is lost (then returns). A renewal
+    /// that fails otherwise is retried at the next tick: the lease may well still hold. At the
+    /// commit a lost lease is no reason to stop: the commit itself ends the operation (so a
+    /// renewal racing it finds it gone), and its own answer, fence and read-back decide.
+    async fn keep_lease(&self, f: &Founding<'_>) {
+        let every = (self.leasing.lease / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .ports
+                .operations
+                .renew_lease(&f.lease, f.step().as_str(), self.leasing.lease)
+                .await
+            {
+                Ok(()) => {}
+                Err(RepoError::LeaseLost) => {
+                    tracing::warn!("the founding's lease was taken over by another replica");
+                    return;
                 }
-                Err(failure)
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "renewing the founding's lease failed")
+                }
             }
-        };
-        let prepared = match committed {
-            Ok(prepared) => prepared,
-            Err(failure) => {
-                tracing::warn!(step = %failure.step(), error = %Chain(&failure), "founding stopped");
-                let cleanup = self.compensate(created).await;
-                return Err(stopped(failure, cleanup));
-            }
-        };
-
-        let vm_ids = prepared.nodes.iter().map(|n| n.vm_id.clone()).collect();
-        let records = control_plane_records(&f.names.control_plane, &prepared.nodes);
-        let (dns_configured, dns_error) = self
-            .publish_dns(&records)
-            .instrument(step_span(FoundingStep::PublishDns))
-            .await;
-        tracing::info!(dns_configured, "cluster founded");
-        Ok(FoundedCluster {
-            cluster_id: f.cluster_id,
-            name: f.spec.name.clone(),
-            vm_ids,
-            control_plane_dns_name: f.names.control_plane.clone(),
-            admin_kubeconfig: prepared.admin_kubeconfig,
-            networking: self.settings.networking.clone(),
-            nodes: prepared.nodes,
-            bootstrap_path_template: bootstrap_path_template(f.cluster_id),
-            ingress_wildcard_dns_name: f.names.ingress_wildcard.clone(),
-            suggested_dns_records: suggested_records(&records),
-            dns_configured,
-            dns_error,
-        })
+        }
     }
 
-    /// Step 2.
-    async fn create_trust_root(
-        &self,
-        f: &Founding<'_>,
-    ) -> Result<(ClusterCa, ServiceAccountKeyPair), FoundingFailure> {
+    /// Moves to `step`, noting it with the operation (and renewing the lease on the way).
+    async fn enter(&self, f: &Founding<'_>, step: FoundingStep) -> Result<(), FoundingFailure> {
+        *f.step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = step;
+        match self
+            .ports
+            .operations
+            .renew_lease(&f.lease, step.as_str(), self.leasing.lease)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(RepoError::LeaseLost) => Err(FoundingFailure::Interrupted),
+            Err(e) => {
+                // The step is only a note; the journal writes that matter check the lease.
+                tracing::warn!(step = %step, error = %Chain(&e), "noting the founding's step failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Steps 3 to 7, and the rows of the last transaction.
+    async fn forward(&self, f: &Founding<'_>) -> Result<Prepared, FoundingFailure> {
+        self.enter(f, FoundingStep::CreateTrustRoot).await?;
         let ca = self
-            .pki
-            .create_cluster_ca(f.cluster_id)
-            .await
-            .map_err(FoundingFailure::CreateCa)?;
-        let service_account = self
-            .pki
-            .create_service_account_key()
-            .await
-            .map_err(FoundingFailure::CreateServiceAccountKey)?;
-        Ok((ca, service_account))
-    }
+            .create_trust_root(f)
+            .instrument(step_span(FoundingStep::CreateTrustRoot))
+            .await?;
 
-    /// Steps 3 (insert) to 9 (before the commit), inside the transaction.
-    async fn prepare(
-        &self,
-        f: &Founding<'_>,
-        tx: &mut dyn RepoTx,
-        created: &mut Created,
-        ca: ClusterCa,
-        service_account: ServiceAccountKeyPair,
-    ) -> Result<Prepared, FoundingFailure> {
-        let cluster = NewClusterRecord {
-            id: f.cluster_id,
-            org: f.org.clone(),
-            spec: f.spec.clone(),
-            networking: self.settings.networking.clone(),
-            control_plane_dns_name: f.names.control_plane.clone(),
-            ingress_wildcard_dns_name: f.names.ingress_wildcard.clone(),
-            ca,
-            service_account,
-            created_at: f.created_at,
-        };
-        tx.insert_cluster(&cluster)
-            .instrument(step_span(FoundingStep::OpenTransaction))
-            .await
-            .map_err(FoundingFailure::InsertCluster)?;
-        let ca = cluster.ca;
-
+        self.enter(f, FoundingStep::ResolveSecurityGroups).await?;
         let groups = self
-            .resolve_security_groups(f, tx, created)
+            .resolve_security_groups(f)
             .instrument(step_span(FoundingStep::ResolveSecurityGroups))
             .await?;
 
+        self.enter(f, FoundingStep::CreateVms).await?;
         let planned = self.plan_nodes(f, &groups.attached);
-        self.create_vms(&planned, created)
+        let vm_ids = self
+            .create_vms(f, &planned)
             .instrument(step_span(FoundingStep::CreateVms))
             .await?;
 
+        self.enter(f, FoundingStep::ReadBackVms).await?;
         let placements = self
-            .read_back_vms(tx, &planned, &created.vms)
+            .read_back_vms(&planned, &vm_ids)
             .instrument(step_span(FoundingStep::ReadBackVms))
             .await?;
 
-        let (certs, shared) = self
-            .sign_node_certs(f, &ca, &placements)
+        self.enter(f, FoundingStep::SignNodeCerts).await?;
+        let signed = self
+            .sign_certs(f, &ca, &placements)
             .instrument(step_span(FoundingStep::SignNodeCerts))
             .await?;
 
-        self.insert_nodes(f, tx, &planned, &placements, certs, &shared)
-            .instrument(step_span(FoundingStep::InsertNodes))
-            .await?;
-
-        let admin_kubeconfig = self
-            .admin_kubeconfig(f, &ca.root)
-            .instrument(step_span(FoundingStep::Commit))
-            .await?;
+        self.enter(f, FoundingStep::Commit).await?;
+        let (etcd, apiserver) = self.node_rows(f, &planned, &placements, signed.nodes);
         Ok(Prepared {
+            rows: FoundingRows {
+                cluster: f.cluster_id,
+                etcd,
+                apiserver,
+                shared: signed.shared,
+            },
             nodes: placements,
-            admin_kubeconfig,
+            admin_kubeconfig: signed.admin_kubeconfig,
         })
+    }
+
+    /// Step 3: the cluster CA with its intermediates and the service-account key pair, stored
+    /// sealed with the cluster row.
+    async fn create_trust_root(&self, f: &Founding<'_>) -> Result<ClusterCa, FoundingFailure> {
+        let pki = &self.ports.pki;
+        let ca = pki
+            .create_cluster_ca(f.cluster_id)
+            .await
+            .map_err(FoundingFailure::CreateCa)?;
+        let service_account: ServiceAccountKeyPair = pki
+            .create_service_account_key()
+            .await
+            .map_err(FoundingFailure::CreateServiceAccountKey)?;
+        self.ports
+            .operations
+            .store_trust_root(&f.lease, f.cluster_id, &ca, &service_account)
+            .await
+            .map_err(|e| journal_error(e, FoundingFailure::StoreTrustRoot))?;
+        Ok(ca)
+    }
+
+    /// Writes down side effects about to happen.
+    async fn intend(
+        &self,
+        f: &Founding<'_>,
+        intents: &[(ResourceKind, String)],
+    ) -> Result<(), FoundingFailure> {
+        f.journal()
+            .extend(intents.iter().map(|(kind, key)| JournalEntry {
+                kind: *kind,
+                idempotency_key: key.clone(),
+                resource_id: None,
+                deleted: false,
+            }));
+        self.ports
+            .operations
+            .record_intents(&f.lease, intents)
+            .await
+            .map_err(|e| journal_error(e, FoundingFailure::Journal))
+    }
+
+    /// Writes down the resource a side effect created (in memory first, so that this replica's
+    /// own rollback deletes it even when the journal cannot be written).
+    async fn created(
+        &self,
+        f: &Founding<'_>,
+        key: &str,
+        resource_id: &str,
+    ) -> Result<(), FoundingFailure> {
+        if let Some(entry) = f.journal().iter_mut().find(|e| e.idempotency_key == key) {
+            entry.resource_id = Some(resource_id.to_owned());
+        }
+        self.ports
+            .operations
+            .record_created(&f.lease, key, resource_id)
+            .await
+            .map_err(|e| journal_error(e, FoundingFailure::Journal))
     }
 
     /// Step 4: the given groups, or a new one allowing all IPv4 from the subnet and the API port
@@ -359,39 +479,39 @@ impl FoundCluster {
     async fn resolve_security_groups(
         &self,
         f: &Founding<'_>,
-        tx: &mut dyn RepoTx,
-        created: &mut Created,
     ) -> Result<ClusterSecurityGroups, FoundingFailure> {
+        let compute = &self.ports.compute;
         let groups = match &f.spec.security_groups {
             SecurityGroupChoice::Given(ids) => ClusterSecurityGroups {
                 attached: ids.clone(),
                 created: None,
             },
             SecurityGroupChoice::CreateForCluster => {
-                let subnet = self
-                    .compute
-                    .subnet(&f.spec.subnet_id)
-                    .await
-                    .map_err(|source| FoundingFailure::SubnetLookup {
+                let subnet = compute.subnet(&f.spec.subnet_id).await.map_err(|source| {
+                    FoundingFailure::SubnetLookup {
                         subnet: f.spec.subnet_id.clone(),
                         source,
-                    })?;
-                let group = self
-                    .compute
+                    }
+                })?;
+                let key = rollback::group_key(f.lease.operation);
+                self.intend(f, &[(ResourceKind::SecurityGroup, key.clone())])
+                    .await?;
+                let group = compute
                     .create_security_group(&NewSecurityGroup {
                         name: format!("{}-control-plane", f.cluster_id.label()),
                         tags: resource_tags(f, None),
+                        idempotency_key: key.clone(),
                     })
                     .await
                     .map_err(FoundingFailure::CreateSecurityGroup)?;
-                created.security_group = Some(group.clone());
+                self.created(f, &key, group.as_str()).await?;
                 let rules = control_plane_rules(
                     subnet.ipv4_cidr,
                     subnet.ipv6_cidr,
                     self.settings.networking.api_server_port(),
                 );
                 for rule in &rules {
-                    self.compute
+                    compute
                         .add_ingress_rule(&group, rule)
                         .await
                         .map_err(|source| FoundingFailure::AddIngressRule {
@@ -405,9 +525,11 @@ impl FoundCluster {
                 }
             }
         };
-        tx.record_security_groups(f.cluster_id, &groups)
+        self.ports
+            .operations
+            .record_security_groups(&f.lease, f.cluster_id, &groups)
             .await
-            .map_err(FoundingFailure::RecordSecurityGroups)?;
+            .map_err(|e| journal_error(e, FoundingFailure::RecordSecurityGroups))?;
         Ok(groups)
     }
 
@@ -432,6 +554,7 @@ impl FoundCluster {
                     security_groups: groups.to_vec(),
                     tags: resource_tags(f, Some(ordinal)),
                     user_data,
+                    idempotency_key: rollback::vm_key(f.lease.operation, ordinal),
                 };
                 PlannedNode {
                     ordinal,
@@ -443,32 +566,55 @@ impl FoundCluster {
             .collect()
     }
 
-    /// Step 5: all VMs at once. Every creation runs to its end, so that the ids of those that
-    /// succeeded are known and can be deleted if another failed.
+    /// Step 5: all VMs at once, each journaled before and after. Every creation runs to its
+    /// end, so that the ids of those that succeeded are known and can be deleted if another
+    /// failed.
     async fn create_vms(
         &self,
+        f: &Founding<'_>,
         planned: &[PlannedNode],
-        created: &mut Created,
-    ) -> Result<(), FoundingFailure> {
-        let results = join_all(planned.iter().map(|p| self.compute.create_vm(&p.vm))).await;
+    ) -> Result<Vec<VmId>, FoundingFailure> {
+        let intents: Vec<(ResourceKind, String)> = planned
+            .iter()
+            .map(|p| (ResourceKind::Vm, p.vm.idempotency_key.clone()))
+            .collect();
+        self.intend(f, &intents).await?;
+        // Each creation is written down as soon as it answers, so that a deadline that stops
+        // the others does not lose the ids of those already made.
+        let results = join_all(planned.iter().map(|p| async move {
+            let result = self.ports.compute.create_vm(&p.vm).await;
+            let journaled = match &result {
+                Ok(id) => self.created(f, &p.vm.idempotency_key, id.as_str()).await,
+                Err(_) => Ok(()),
+            };
+            (result, journaled)
+        }))
+        .await;
+        let mut ids = Vec::with_capacity(planned.len());
         let mut failures = Vec::new();
-        for (node, result) in planned.iter().zip(results) {
+        let mut journal_failure = None;
+        for (node, (result, journaled)) in planned.iter().zip(results) {
+            if let Err(e) = journaled {
+                journal_failure.get_or_insert(e);
+            }
             match result {
-                Ok(id) => created.vms.push(id),
+                Ok(id) => ids.push(id),
                 Err(e) => failures.push((node.ordinal, e)),
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(FoundingFailure::CreateVms(failures))
+        if !failures.is_empty() {
+            return Err(FoundingFailure::CreateVms(failures));
+        }
+        match journal_failure {
+            Some(failure) => Err(failure),
+            None => Ok(ids),
         }
     }
 
-    /// Step 6: reads the VMs' rows until each has its private IPv4, within the deadline.
+    /// Step 6: reads the VMs' rows until each has its private IPv4, within the deadline. No
+    /// transaction: each read is one statement.
     async fn read_back_vms(
         &self,
-        tx: &mut dyn RepoTx,
         planned: &[PlannedNode],
         vm_ids: &[VmId],
     ) -> Result<Vec<NodePlacement>, FoundingFailure> {
@@ -481,7 +627,9 @@ impl FoundCluster {
         let mut waiting_for = vm_ids.to_vec();
         let polling = async {
             loop {
-                let rows = tx
+                let rows = self
+                    .ports
+                    .repo
                     .vm_identities(vm_ids)
                     .await
                     .map_err(FoundingFailure::VmIdentityLookup)?;
@@ -503,178 +651,104 @@ impl FoundCluster {
         }
     }
 
-    /// Step 7: per node, an etcd server+peer cert under `etcd-ca`, an apiserver serving cert and
-    /// a kubelet client cert under `ca`; then the client certs all nodes share. Nodes are signed
-    /// concurrently (the PKI adapter works off the executor); nothing is signed at fetch time.
-    async fn sign_node_certs(
-        &self,
-        f: &Founding<'_>,
-        ca: &ClusterCa,
-        nodes: &[NodePlacement],
-    ) -> Result<(Vec<NodeCerts>, SharedClientCerts), FoundingFailure> {
-        let networking = &self.settings.networking;
-        let node_certs = try_join_all(nodes.iter().map(|node| async move {
-            let etcd = ServingCertRequest {
-                common_name: node.name.as_str().to_owned(),
-                sans: etcd_sans(&node.name, &node.addresses),
-                client_auth: true,
-            };
-            let etcd = self
-                .serving(&ca.etcd, &etcd, || format!("etcd cert of {}", node.name))
-                .await?;
-            let apiserver = ServingCertRequest {
-                common_name: APISERVER_COMMON_NAME.to_owned(),
-                sans: apiserver_sans(
-                    &node.name,
-                    &f.names.control_plane,
-                    networking,
-                    &node.addresses,
-                ),
-                client_auth: false,
-            };
-            let apiserver = self
-                .serving(&ca.root, &apiserver, || {
-                    format!("apiserver cert of {}", node.name)
-                })
-                .await?;
-            let kubelet = ClientCertRequest {
-                common_name: format!("system:node:{}", node.name),
-                organizations: vec![NODES_GROUP.to_owned()],
-            };
-            let kubelet = self
-                .client(&ca.root, &kubelet, || {
-                    format!("kubelet client cert of {}", node.name)
-                })
-                .await?;
-            Ok(NodeCerts {
-                etcd,
-                apiserver,
-                kubelet,
-            })
-        }))
-        .await?;
-
-        let shared = try_join_all(SharedClientCert::ALL.map(|which| {
-            let issuer = ca.get(which.issuer());
-            let request = which.request();
-            async move {
-                self.client(issuer, &request, || which.stored_name().to_owned())
-                    .await
-            }
-        }))
-        .await?;
-        let shared = shared.try_into().map(SharedClientCerts::new).map_err(|_| {
-            FoundingFailure::SignCertificate {
-                certificate: "shared client".to_owned(),
-                source: PkiError::Failed("a shared client certificate is missing".into()),
-            }
-        })?;
-        Ok((node_certs, shared))
-    }
-
-    async fn serving(
-        &self,
-        issuer: &CertifiedKey,
-        request: &ServingCertRequest,
-        what: impl FnOnce() -> String,
-    ) -> Result<CertifiedKey, FoundingFailure> {
-        self.pki
-            .sign_serving_cert(issuer, request)
-            .await
-            .map_err(|source| FoundingFailure::SignCertificate {
-                certificate: what(),
-                source,
-            })
-    }
-
-    async fn client(
-        &self,
-        issuer: &CertifiedKey,
-        request: &ClientCertRequest,
-        what: impl FnOnce() -> String,
-    ) -> Result<CertifiedKey, FoundingFailure> {
-        self.pki
-            .sign_client_cert(issuer, request)
-            .await
-            .map_err(|source| FoundingFailure::SignCertificate {
-                certificate: what(),
-                source,
-            })
-    }
-
-    /// Step 8: one etcd row and one apiserver row per node, each kind in one batch, and the
-    /// shared client certs.
-    async fn insert_nodes(
-        &self,
-        f: &Founding<'_>,
-        tx: &mut dyn RepoTx,
-        planned: &[PlannedNode],
-        nodes: &[NodePlacement],
-        certs: Vec<NodeCerts>,
-        shared: &SharedClientCerts,
-    ) -> Result<(), FoundingFailure> {
-        let expires_at = f.created_at + self.settings.bootstrap_token_ttl;
-        let mut etcd_rows = Vec::with_capacity(nodes.len());
-        let mut apiserver_rows = Vec::with_capacity(nodes.len());
-        for ((node, plan), certs) in nodes.iter().zip(planned).zip(certs) {
-            etcd_rows.push(EtcdNodeRecord {
-                cluster_id: f.cluster_id,
-                node: node.clone(),
-                cert: certs.etcd,
-            });
-            apiserver_rows.push(ApiServerNodeRecord {
-                cluster_id: f.cluster_id,
-                node: node.clone(),
-                cert: certs.apiserver,
-                kubelet_cert: certs.kubelet,
-                bootstrap_token_hash: plan.token.hash(),
-                bootstrap_token_expires_at: expires_at,
-            });
-        }
-        tx.insert_etcd_nodes(&etcd_rows)
-            .await
-            .map_err(FoundingFailure::InsertNodes)?;
-        tx.insert_apiserver_nodes(&apiserver_rows)
-            .await
-            .map_err(FoundingFailure::InsertNodes)?;
-        tx.insert_shared_certs(f.cluster_id, shared)
-            .await
-            .map_err(FoundingFailure::InsertNodes)
-    }
-
-    /// Step 9 before the commit: the admin client cert and its kubeconfig.
-    async fn admin_kubeconfig(
-        &self,
-        f: &Founding<'_>,
-        root: &CertifiedKey,
-    ) -> Result<SecretText, FoundingFailure> {
-        let request = ClientCertRequest {
-            common_name: ADMIN_COMMON_NAME.to_owned(),
-            organizations: vec![ADMIN_GROUP.to_owned()],
+    /// Steps 8 and 9: the one short transaction. When its outcome is not known, the operation
+    /// is fenced before anything is undone (see `fence`).
+    async fn commit(&self, f: &Founding<'_>, rows: &FoundingRows) -> Result<(), FoundingFailure> {
+        let ops = &self.ports.operations;
+        let failed = match ops.finish_founding(&f.lease, rows).await {
+            Ok(()) => return Ok(()),
+            Err(RepoError::LeaseLost) => return Err(FoundingFailure::Interrupted),
+            Err(e) => e,
         };
-        let client = self
-            .client(root, &request, || "admin client".to_owned())
-            .await?;
-        let cluster_name = f.cluster_id.label();
-        let user_name = format!("{cluster_name}-admin");
-        let server = format!(
-            "https://{}:{}",
-            f.names.control_plane,
-            self.settings.networking.api_server_port()
-        );
-        render_kubeconfig(&KubeconfigSpec {
-            cluster_name: &cluster_name,
-            server: &server,
-            ca_cert_pem: &root.cert_pem,
-            user_name: &user_name,
-            client: &client,
-        })
-        .map_err(FoundingFailure::RenderKubeconfig)
+        tracing::warn!(error = %Chain(&failed), "the founding's commit failed; reading it back");
+        match self.fence(f).await {
+            Ok(()) => Err(FoundingFailure::Commit(failed)),
+            Err(RepoError::LeaseLost) => match ops.operation(f.lease.operation).await {
+                Ok(Some(record)) if record.state == OperationState::Succeeded => Ok(()),
+                Ok(_) => Err(FoundingFailure::Interrupted),
+                Err(_) => Err(FoundingFailure::CommitUnknown(failed)),
+            },
+            Err(_) => Err(FoundingFailure::CommitUnknown(failed)),
+        }
+    }
+
+    /// Moves the founding to its roll-back step. Renewing succeeds only while the operation
+    /// still runs as this replica's, so once it has, no commit can happen any more.
+    async fn fence(&self, f: &Founding<'_>) -> Result<(), RepoError> {
+        self.ports
+            .operations
+            .renew_lease(
+                &f.lease,
+                FoundingStep::RollBack.as_str(),
+                self.leasing.lease,
+            )
+            .await
+    }
+
+    /// A hard stop: unless another replica owns the founding or the commit may have happened,
+    /// fence the operation, delete what it made, and end it as failed.
+    async fn stop(&self, f: &Founding<'_>, failure: FoundingFailure) -> FoundClusterError {
+        let step = f.step();
+        tracing::warn!(step = %step, error = %Chain(&failure), "founding stopped");
+        if !failure.rolls_back() {
+            return stopped(step, failure, CleanupReport::default());
+        }
+        if let Err(e) = self.fence(f).await {
+            // Either another replica owns it now, or the database cannot be reached: in both
+            // cases recovery (theirs or ours) rolls it back from the journal.
+            tracing::warn!(error = %Chain(&e), "the stopped founding is left to recovery");
+            let failure = match e {
+                RepoError::LeaseLost => FoundingFailure::Interrupted,
+                _ => failure,
+            };
+            return stopped(step, failure, CleanupReport::default());
+        }
+        let journal = f.journal().clone();
+        let cleanup = roll_back(
+            self.ports.compute.as_ref(),
+            self.ports.operations.as_ref(),
+            &f.lease,
+            &journal,
+        )
+        .instrument(step_span(FoundingStep::RollBack))
+        .await;
+        let error = stopped(step, failure, cleanup);
+        let ops = &self.ports.operations;
+        if let Err(e) = ops.fail_operation(&f.lease, &error.problem()).await {
+            tracing::warn!(error = %Chain(&e), "ending the stopped founding failed; recovery will");
+        }
+        error
+    }
+
+    /// Step 10, and the answer.
+    async fn answer(&self, f: &Founding<'_>, committed: Prepared) -> FoundedCluster {
+        let vm_ids = committed.nodes.iter().map(|n| n.vm_id.clone()).collect();
+        let records = control_plane_records(&f.names.control_plane, &committed.nodes);
+        let (dns_configured, dns_error) = self
+            .publish_dns(&records)
+            .instrument(step_span(FoundingStep::PublishDns))
+            .await;
+        tracing::info!(dns_configured, "cluster founded");
+        FoundedCluster {
+            cluster_id: f.cluster_id,
+            operation_id: f.lease.operation,
+            name: f.spec.name.clone(),
+            vm_ids,
+            control_plane_dns_name: f.names.control_plane.clone(),
+            admin_kubeconfig: committed.admin_kubeconfig,
+            networking: self.settings.networking.clone(),
+            nodes: committed.nodes,
+            bootstrap_path_template: bootstrap_path_template(f.cluster_id),
+            ingress_wildcard_dns_name: f.names.ingress_wildcard.clone(),
+            suggested_dns_records: suggested_records(&records),
+            dns_configured,
+            dns_error,
+        }
     }
 
     /// Step 10, soft: a failure is reported, never raised.
     async fn publish_dns(&self, records: &AddressRecords) -> (bool, Option<String>) {
-        let Some(dns) = &self.dns else {
+        let Some(dns) = &self.ports.dns else {
             return (false, Some(DNS_NOT_CONFIGURED.to_owned()));
         };
         match dns.upsert_address_records(records).await {
@@ -686,40 +760,18 @@ impl FoundCluster {
             }
         }
     }
-
-    /// Deletes what a stopped founding created: VMs first (concurrently), then the group, which
-    /// the platform refuses to delete while a VM still uses it.
-    async fn compensate(&self, created: Created) -> CleanupReport {
-        let mut report = CleanupReport::default();
-        let deletions = join_all(created.vms.iter().map(|id| self.compute.delete_vm(id))).await;
-        for (id, result) in created.vms.into_iter().zip(deletions) {
-            record_cleanup(&mut report, CreatedResource::Vm(id), result);
-        }
-        if let Some(group) = created.security_group {
-            let result = self.compute.delete_security_group(&group).await;
-            record_cleanup(&mut report, CreatedResource::SecurityGroup(group), result);
-        }
-        report
-    }
 }
 
-fn record_cleanup(
-    report: &mut CleanupReport,
-    resource: CreatedResource,
-    result: Result<(), ComputeError>,
-) {
-    match result {
-        Ok(()) => report.removed.push(resource),
-        Err(e) => {
-            let why = Chain(&e).to_string();
-            tracing::error!(resource = %resource, error = %why, "could not delete a resource of a stopped founding; it is left behind");
-            report.left_behind.push((resource, why));
-        }
+fn stopped(
+    step: FoundingStep,
+    failure: FoundingFailure,
+    cleanup: CleanupReport,
+) -> FoundClusterError {
+    FoundClusterError::Failed {
+        step,
+        failure,
+        cleanup,
     }
-}
-
-fn stopped(failure: FoundingFailure, cleanup: CleanupReport) -> FoundClusterError {
-    FoundClusterError::Failed { failure, cleanup }
 }
 
 fn step_span(step: FoundingStep) -> tracing::Span {
@@ -731,6 +783,7 @@ fn resource_tags(f: &Founding<'_>, ordinal: Option<NodeOrdinal>) -> Tags {
     tags.insert(tags::ROLE.to_owned(), tags::ROLE_CONTROL_PLANE.to_owned());
     tags.insert(tags::CLUSTER_ID.to_owned(), f.cluster_id.to_string());
     tags.insert(tags::ORG_ID.to_owned(), f.org.to_string());
+    tags.insert(tags::OPERATION_ID.to_owned(), f.lease.operation.to_string());
     if let Some(ordinal) = ordinal {
         tags.insert(tags::ORDINAL.to_owned(), ordinal.to_string());
     }

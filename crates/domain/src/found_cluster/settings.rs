@@ -8,7 +8,7 @@ use super::userdata::BootstrapBaseUrl;
 use crate::model::{
     ClusterDefaults, DnsZone, FlavorId, ImageId, InvalidValue, Networking, SubnetId,
 };
-use crate::settings::{SettingsError, millis, seconds};
+use crate::settings::{SettingsError, millis, positive, seconds};
 
 /// The deployment's settings for founding.
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub struct FoundingSettings {
     pub vm_address_deadline: Duration,
     /// The first pause between step 6's reads; it doubles up to one second.
     pub vm_address_poll_interval: Duration,
+    /// A whole founding's bound; beyond it, it rolls back.
+    pub deadline: Duration,
+    /// How many foundings one replica runs at once; beyond that, new ones are turned away.
+    pub max_in_flight: usize,
 }
 
 /// `[founding]` as configured; [`FoundingSection::settings`] checks it.
@@ -57,6 +61,10 @@ pub struct FoundingSection {
     pub cluster_dns_domain: String,
     /// kube-apiserver's port.
     pub api_server_port: u16,
+    /// A whole founding's bound, seconds.
+    pub deadline_secs: u64,
+    /// Foundings in flight per replica.
+    pub max_in_flight: usize,
 }
 
 impl FoundingSection {
@@ -104,6 +112,9 @@ impl FoundingSection {
                 self.vm_address_deadline_secs,
             )?,
             vm_address_poll_interval: millis("vm_address_poll_ms", self.vm_address_poll_ms)?,
+            deadline: seconds("deadline_secs", self.deadline_secs)?,
+            max_in_flight: usize::try_from(positive("max_in_flight", self.max_in_flight as u64)?)
+                .unwrap_or(usize::MAX),
         })
     }
 }

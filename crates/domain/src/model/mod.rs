@@ -4,6 +4,7 @@ mod bootstrap_token;
 mod ids;
 mod naming;
 mod networking;
+mod operation;
 mod request;
 mod sans;
 mod secret;
@@ -15,6 +16,7 @@ pub use ids::{
 };
 pub use naming::{ClusterDnsNames, DnsZone, NodeName, NodeOrdinal};
 pub use networking::{Networking, NetworkingError};
+pub use operation::{ClusterStatus, OperationId, OperationKind, OperationState, ReplicaId};
 pub use request::{
     ClusterDefaults, ClusterRequest, ClusterSpec, ControlPlaneCount, FieldViolation,
     MAX_SECURITY_GROUPS, SecurityGroupChoice, ValidationErrors,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use time::OffsetDateTime;
 
 use super::BoxError;
 use crate::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
@@ -29,6 +30,8 @@ pub struct NewSecurityGroup {
     pub name: String,
     /// Ownership tags.
     pub tags: Tags,
+    /// Makes the creation safe to repeat: the same key and group give the same group back.
+    pub idempotency_key: String,
 }
 
 /// Which traffic an ingress rule lets in.
@@ -69,6 +72,19 @@ pub struct NewVm {
     pub tags: Tags,
     /// The bootstrap shim; it holds the node's bootstrap token, hence secret.
     pub user_data: SecretText,
+    /// Makes the creation safe to repeat: the same key and VM give the same VM back.
+    pub idempotency_key: String,
+}
+
+/// A resource the platform lists by tag: what the orphan sweep needs to judge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedResource {
+    /// The VM's or group's id.
+    pub id: String,
+    /// Its tags.
+    pub tags: Tags,
+    /// When the platform created it.
+    pub created_at: OffsetDateTime,
 }
 
 /// Why a compute call failed.
@@ -107,7 +123,8 @@ pub trait Compute: Send + Sync {
     /// platform fails.
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError>;
 
-    /// Creates a security group with no rules.
+    /// Creates a security group with no rules; repeating it with the same idempotency key gives
+    /// the same group.
     ///
     /// # Errors
     /// `Rejected` when the platform refuses it; `Unavailable`, `Timeout` or `Unexpected` when
@@ -128,7 +145,8 @@ pub trait Compute: Send + Sync {
         rule: &IngressRule,
     ) -> Result<(), ComputeError>;
 
-    /// Creates a VM and returns its id; the platform records its addresses in `vms`.
+    /// Creates a VM and returns its id; the platform records its addresses in `vms`. Repeating
+    /// it with the same idempotency key gives the same VM.
     ///
     /// # Errors
     /// `NotFound` for an unknown subnet or group, `Rejected` for a refused flavor or image,
@@ -147,4 +165,20 @@ pub trait Compute: Send + Sync {
     /// # Errors
     /// `Conflict` while a VM still uses it, or a platform failure.
     async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<(), ComputeError>;
+
+    /// The VMs carrying tag `key` = `value`.
+    ///
+    /// # Errors
+    /// A platform failure.
+    async fn list_vms(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>, ComputeError>;
+
+    /// The security groups carrying tag `key` = `value`.
+    ///
+    /// # Errors
+    /// A platform failure.
+    async fn list_security_groups(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<TaggedResource>, ComputeError>;
 }

@@ -1,6 +1,6 @@
 //! The ports: what the use cases need from the outside world, as small traits with their own
 //! error enums. Adapter crates implement them; with the `mocks` feature each has a mockall double
-//! (`MockRepo`, `MockRepoTx`, `MockCompute`, `MockDns`, `MockPki`).
+//! (`MockRepo`, `MockOperations`, `MockCompute`, `MockDns`, `MockPki`).
 //!
 //! Port errors are `#[non_exhaustive]` and keep their cause as the error `source`: the variant
 //! says what the use case must decide on, the cause says what happened, for the log. Log an error
@@ -11,6 +11,8 @@ use std::fmt;
 
 pub mod compute;
 pub mod dns;
+pub mod observer;
+pub mod operations;
 pub mod pki;
 pub mod repo;
 

@@ -1,5 +1,6 @@
-//! `Repo`: plinth's durable cluster truth (`kubeclusters`, `etcdnodes`, `apiservernodes`) and the
-//! compute platform's `vms` table, read-only.
+//! `Repo`: plinth's durable cluster truth (`kubeclusters`, `etcdnodes`, `apiservernodes`) as the
+//! API and the boot path read it, and the compute platform's `vms` table, read-only. The writes
+//! of a founding go through the `Operations` port, step by step.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -8,12 +9,13 @@ use time::OffsetDateTime;
 
 use super::BoxError;
 use crate::model::{
-    BootstrapTokenHash, ClusterId, ClusterName, ClusterSpec, Networking, NodeAddresses, NodeName,
-    NodeOrdinal, OrgId, SecurityGroupId, VmId,
+    BootstrapTokenHash, ClusterId, ClusterName, ClusterSpec, ClusterStatus, Networking,
+    NodeAddresses, NodeName, NodeOrdinal, OrgId, SecurityGroupId, VmId,
 };
 use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts};
 
-/// The cluster row, written at step 3 of the founding.
+/// The cluster row a founding claims its name with, before any key or resource is made. Its
+/// trust material is stored a step later ([`crate::ports::operations::Operations`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewClusterRecord {
     /// The cluster.
@@ -28,10 +30,6 @@ pub struct NewClusterRecord {
     pub control_plane_dns_name: String,
     /// `*.apps.cluster-{id}.{zone}`.
     pub ingress_wildcard_dns_name: String,
-    /// Root and intermediate CAs; the adapter encrypts the keys.
-    pub ca: ClusterCa,
-    /// Service-account signer; the adapter encrypts the private key.
-    pub service_account: ServiceAccountKeyPair,
     /// When the founding started.
     pub created_at: OffsetDateTime,
 }
@@ -139,6 +137,8 @@ pub struct ClusterSummary {
     pub id: ClusterId,
     /// Optional name.
     pub name: Option<ClusterName>,
+    /// Provisioning or ready.
+    pub status: ClusterStatus,
     /// Node count.
     pub control_plane_count: u8,
     /// `api.cluster-{id}.{zone}`.
@@ -160,10 +160,11 @@ pub struct ClusterDetails {
     pub networking: Networking,
     /// `*.apps.cluster-{id}.{zone}`.
     pub ingress_wildcard_dns_name: String,
-    /// Nodes in ordinal order.
+    /// Nodes in ordinal order (none while provisioning).
     pub nodes: Vec<NodePlacement>,
-    /// Root CA certificate (public), for clients that want to trust the cluster.
-    pub ca_cert_pem: String,
+    /// Root CA certificate (public), for clients that want to trust the cluster; none until the
+    /// founding has made it.
+    pub ca_cert_pem: Option<String>,
 }
 
 /// Where a page of clusters starts: after this (created_at, id), newest first.
@@ -206,6 +207,10 @@ pub enum RepoError {
     /// The database could not be reached, or the connection was lost.
     #[error("database unavailable")]
     Unavailable(#[source] BoxError),
+    /// The operation is no longer this replica's: its lease expired and another replica took
+    /// it over (or it ended). The caller must stop working on it.
+    #[error("the operation's lease is no longer held by this replica")]
+    LeaseLost,
     /// Anything else, e.g. a stored value that cannot be read back.
     #[error("unexpected database failure")]
     Unexpected(#[source] BoxError),
@@ -220,12 +225,6 @@ pub trait Repo: Send + Sync {
     /// # Errors
     /// `Unavailable` when it does not.
     async fn ping(&self) -> Result<(), RepoError>;
-
-    /// Starts the founding's one transaction.
-    ///
-    /// # Errors
-    /// `Unavailable` when no connection can be had.
-    async fn begin(&self) -> Result<Box<dyn RepoTx>, RepoError>;
 
     /// One cluster of an organization with its nodes; another organization's is `None`.
     ///
@@ -247,6 +246,12 @@ pub trait Repo: Send + Sync {
         page: &PageRequest,
     ) -> Result<ClusterPage, RepoError>;
 
+    /// Reads the `vms` rows of these VMs as committed now; VMs without a row are left out.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
+    async fn vm_identities(&self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError>;
+
     /// What node `node` of `cluster` needs to boot, keys opened; `None` if there is no such
     /// node. (Callers must check the node's bootstrap token before using any of it.)
     ///
@@ -257,68 +262,4 @@ pub trait Repo: Send + Sync {
         cluster: ClusterId,
         node: &NodeName,
     ) -> Result<Option<BootstrapMaterial>, RepoError>;
-}
-
-/// One open transaction. Dropping it without [`RepoTx::commit`] rolls it back.
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
-#[async_trait]
-pub trait RepoTx: Send {
-    /// Inserts the cluster row.
-    ///
-    /// # Errors
-    /// `Conflict` for a name already used in the organization; `Unavailable`.
-    async fn insert_cluster(&mut self, cluster: &NewClusterRecord) -> Result<(), RepoError>;
-
-    /// Records which security groups the cluster's VMs have.
-    ///
-    /// # Errors
-    /// `Unavailable`, or `NotFound` when the cluster row is missing.
-    async fn record_security_groups(
-        &mut self,
-        cluster: ClusterId,
-        groups: &ClusterSecurityGroups,
-    ) -> Result<(), RepoError>;
-
-    /// Reads the `vms` rows of these VMs as committed now; VMs without a row are left out.
-    ///
-    /// # Errors
-    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
-    async fn vm_identities(&mut self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError>;
-
-    /// Inserts etcd node rows, in one round trip.
-    ///
-    /// # Errors
-    /// `Unavailable`, or `Unexpected` when a key cannot be sealed.
-    async fn insert_etcd_nodes(&mut self, nodes: &[EtcdNodeRecord]) -> Result<(), RepoError>;
-
-    /// Inserts apiserver node rows, in one round trip.
-    ///
-    /// # Errors
-    /// As for [`RepoTx::insert_etcd_nodes`].
-    async fn insert_apiserver_nodes(
-        &mut self,
-        nodes: &[ApiServerNodeRecord],
-    ) -> Result<(), RepoError>;
-
-    /// Inserts the cluster's shared client certificates.
-    ///
-    /// # Errors
-    /// As for [`RepoTx::insert_etcd_nodes`].
-    async fn insert_shared_certs(
-        &mut self,
-        cluster: ClusterId,
-        certs: &SharedClientCerts,
-    ) -> Result<(), RepoError>;
-
-    /// Makes everything durable.
-    ///
-    /// # Errors
-    /// `Unavailable` when the outcome is not known.
-    async fn commit(self: Box<Self>) -> Result<(), RepoError>;
-
-    /// Discards everything.
-    ///
-    /// # Errors
-    /// `Unavailable`; the transaction dies with its connection anyway.
-    async fn rollback(self: Box<Self>) -> Result<(), RepoError>;
 }

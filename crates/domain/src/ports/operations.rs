@@ -1,0 +1,249 @@
+//! `Operations`: the journal of long-running operations. A founding commits its operation and
+//! its cluster's name first, writes down every side effect before and after it happens, and ends
+//! with one short transaction; each write is checked against the caller's lease, so a replica
+//! that lost its operation to another one can change nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::{ClusterId, OperationId, OperationKind, OperationState, OrgId, ReplicaId};
+use crate::ports::pki::{ClusterCa, ServiceAccountKeyPair, SharedClientCerts};
+use crate::ports::repo::{
+    ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, RepoError,
+};
+
+/// The right to work on one operation: held by one replica until its lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The operation.
+    pub operation: OperationId,
+    /// The replica holding it.
+    pub owner: ReplicaId,
+}
+
+/// A founding to start: its operation and the cluster row that claims the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFounding {
+    /// The operation, owned by the replica that starts it.
+    pub lease: Lease,
+    /// How long the lease holds without renewal, from the database's clock (so that replicas'
+    /// clocks do not matter).
+    pub lease_for: Duration,
+    /// The cluster, `provisioning` until the founding ends.
+    pub cluster: NewClusterRecord,
+}
+
+/// What kind of platform resource a journal entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// The cluster's security group.
+    SecurityGroup,
+    /// A control-plane VM.
+    Vm,
+}
+
+impl ResourceKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecurityGroup => "security_group",
+            Self::Vm => "vm",
+        }
+    }
+}
+
+/// One side effect of an operation, as the journal has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// What kind of resource.
+    pub kind: ResourceKind,
+    /// The key the creation was (or will be) sent with; unique within the operation.
+    pub idempotency_key: String,
+    /// The resource's id once the platform said it; `None`: the outcome is not known.
+    pub resource_id: Option<String>,
+    /// Deleted again.
+    pub deleted: bool,
+}
+
+/// Why an operation failed, as stored with it and as a replay of it will answer. The service
+/// turns `kind` into a status and a problem type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationProblem {
+    /// What class of failure, e.g. `compute-refused`, `interrupted`.
+    pub kind: String,
+    /// The step it stopped at.
+    pub step: String,
+    /// What went wrong, fit for the caller (no internals).
+    pub detail: String,
+    /// What was deleted again, e.g. `vm vm-1`.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// What is still there.
+    #[serde(default)]
+    pub left_behind: Vec<String>,
+}
+
+/// An operation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    /// The operation.
+    pub id: OperationId,
+    /// What it does.
+    pub kind: OperationKind,
+    /// For whom.
+    pub org: OrgId,
+    /// On which cluster.
+    pub cluster_id: ClusterId,
+    /// Where it is.
+    pub state: OperationState,
+    /// The step it reached.
+    pub step: String,
+    /// The replica that holds it while it runs; once it ended, the one that held it last.
+    pub owner: ReplicaId,
+    /// Until when that replica's lease holds.
+    pub lease_expires_at: Option<OffsetDateTime>,
+    /// Why it failed, when it did.
+    pub problem: Option<OperationProblem>,
+    /// When it started.
+    pub started_at: OffsetDateTime,
+    /// When it ended.
+    pub ended_at: Option<OffsetDateTime>,
+    /// Its side effects, in the order they were intended.
+    pub journal: Vec<JournalEntry>,
+}
+
+/// Everything the founding's last transaction writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundingRows {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// One `etcdnodes` row per node.
+    pub etcd: Vec<EtcdNodeRecord>,
+    /// One `apiservernodes` row per node.
+    pub apiserver: Vec<ApiServerNodeRecord>,
+    /// The client certificates every node shares.
+    pub shared: SharedClientCerts,
+}
+
+/// The operations journal. Every write that names a [`Lease`] succeeds only while that lease is
+/// the operation's and the operation runs; otherwise it is `RepoError::LeaseLost`.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Operations: Send + Sync {
+    /// Commits the operation (running, leased) and the `provisioning` cluster row together.
+    ///
+    /// # Errors
+    /// `Conflict` when the name is taken in the organization (nothing is written), or
+    /// `Unavailable`.
+    async fn begin_founding(&self, founding: &NewFounding) -> Result<(), RepoError>;
+
+    /// Extends the lease by `lease_for` from now (the database's clock) and notes the step the
+    /// operation is at.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        step: &str,
+        lease_for: Duration,
+    ) -> Result<(), RepoError>;
+
+    /// Stores the cluster's trust material (the adapter seals the private keys).
+    ///
+    /// # Errors
+    /// `LeaseLost`, `Unavailable`, or `Unexpected` when a key cannot be sealed.
+    async fn store_trust_root(
+        &self,
+        lease: &Lease,
+        cluster: ClusterId,
+        ca: &ClusterCa,
+        service_account: &ServiceAccountKeyPair,
+    ) -> Result<(), RepoError>;
+
+    /// Writes down side effects about to happen, each with its idempotency key.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn record_intents(
+        &self,
+        lease: &Lease,
+        intents: &[(ResourceKind, String)],
+    ) -> Result<(), RepoError>;
+
+    /// Writes down the resource a side effect created.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn record_created(
+        &self,
+        lease: &Lease,
+        idempotency_key: &str,
+        resource_id: &str,
+    ) -> Result<(), RepoError>;
+
+    /// Writes down that a journaled resource was deleted again.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn record_deleted(&self, lease: &Lease, idempotency_key: &str) -> Result<(), RepoError>;
+
+    /// Records which security groups the cluster's VMs have.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn record_security_groups(
+        &self,
+        lease: &Lease,
+        cluster: ClusterId,
+        groups: &ClusterSecurityGroups,
+    ) -> Result<(), RepoError>;
+
+    /// The founding's one short transaction: the node rows and shared certificates, the cluster
+    /// `ready`, the operation `succeeded`.
+    ///
+    /// # Errors
+    /// `LeaseLost` (nothing is written), `Unavailable` (the outcome is not known: read the
+    /// operation back), or `Unexpected` when a key cannot be sealed.
+    async fn finish_founding(&self, lease: &Lease, rows: &FoundingRows) -> Result<(), RepoError>;
+
+    /// Ends the operation as failed with `problem`, and removes its cluster row (and whatever
+    /// hangs off it) when it never became ready. The journal stays, for the record.
+    ///
+    /// # Errors
+    /// `LeaseLost`, or `Unavailable`.
+    async fn fail_operation(
+        &self,
+        lease: &Lease,
+        problem: &OperationProblem,
+    ) -> Result<(), RepoError>;
+
+    /// One operation with its journal.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
+    async fn operation(&self, id: OperationId) -> Result<Option<OperationRecord>, RepoError>;
+
+    /// Takes over up to `limit` running operations whose lease expired (by the database's
+    /// clock), leasing them to `owner` for `lease_for`. Replicas calling it at once get disjoint
+    /// sets.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
+    async fn claim_expired(
+        &self,
+        owner: &ReplicaId,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<OperationRecord>, RepoError>;
+
+    /// Of `clusters`, those that still have a row or a running operation: their resources are
+    /// not orphans.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn live_clusters(&self, clusters: &[ClusterId]) -> Result<Vec<ClusterId>, RepoError>;
+}

@@ -1,0 +1,385 @@
+//! plinth as real processes, for the tests of what survives a crash: a database, the compute
+//! service (in this process: only plinth is killed), and any number of `plinth serve` replicas on
+//! that one database, each a child process this test can SIGKILL and start again.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use diesel::sql_types::BigInt;
+use diesel_async::RunQueryDsl as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use plinth_compute_sim::{RunningSim, SimSettings};
+use plinth_diesel_pg::testing::TestDatabase;
+use plinth_testkit::{Process, free_port, wait_for_port};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{AUDIENCE, COMPUTE_TOKEN, Claims, ISSUER, Keys, ZONE, write};
+
+/// How a fleet runs.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// `recovery.lease_secs`.
+    pub lease_secs: u64,
+    /// `database.max_connections`.
+    pub max_connections: u32,
+    /// `database.lock_timeout_secs`.
+    pub lock_timeout_secs: u64,
+    /// DNS on a server that accepts and never answers: a founding holds at step 10, after its
+    /// commit, for as long as `dns_timeout_ms`.
+    pub dns_hangs: bool,
+    /// The bound on that DNS call.
+    pub dns_timeout_ms: u64,
+    /// `recovery.orphan_grace_secs`.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            lease_secs: 2,
+            max_connections: 16,
+            lock_timeout_secs: 5,
+            dns_hangs: false,
+            dns_timeout_ms: 60_000,
+            orphan_grace_secs: 3600,
+        }
+    }
+}
+
+/// The shared services and the configuration every replica reads.
+pub struct Fleet {
+    pub db: TestDatabase,
+    pub sim: RunningSim,
+    pub client: reqwest::Client,
+    keys: Keys,
+    dir: PathBuf,
+    // Held open so that the DNS server "answers" nothing, for the tests that need it.
+    _dns: Option<TcpListener>,
+}
+
+/// One `plinth serve` process.
+pub struct Replica {
+    process: Option<Process>,
+    pub base: String,
+}
+
+impl Replica {
+    /// SIGKILL: no shutdown, no cleanup, as a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `plinth` binary the workspace built (beside this test binary's directory).
+fn plinth_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let binary = dir.join("plinth");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the workspace first (`cargo build` or `make test`)",
+        binary.display()
+    );
+    binary
+}
+
+impl Fleet {
+    pub async fn start(options: FleetOptions) -> Self {
+        plinth_api::jwt_crypto::install();
+        let db = TestDatabase::create().await;
+        let sim = plinth_compute_sim::start(SimSettings::new(db.url(), COMPUTE_TOKEN))
+            .await
+            .unwrap();
+        let keys = Keys::generate();
+        let dir = std::env::temp_dir().join(format!(
+            "plinth-fleet-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo_config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+        std::fs::copy(repo_config, dir.join("default.toml")).unwrap();
+        let master = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let keys_file = write(&dir, "master-keys", &format!("fleet1:{master}\n"));
+        let public = write(&dir, "es256.pub.pem", &keys.es256_public_pem);
+        let dns = options
+            .dns_hangs
+            .then(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+        let dns_section = match &dns {
+            None => "[dns]\nmode = \"disabled\"\n".to_owned(),
+            Some(listener) => format!(
+                "[dns]\nmode = \"powerdns\"\n[dns.powerdns]\napi_url = \"http://{}\"\n\
+                 api_key = \"never-answered\"\nrequest_timeout_ms = {}\nmax_attempts = 1\n",
+                listener.local_addr().unwrap(),
+                options.dns_timeout_ms
+            ),
+        };
+        let config = format!(
+            r#"
+[server]
+shutdown_timeout_secs = 5
+
+[log]
+level = "info"
+
+[database]
+url = "{db}"
+max_connections = {max_connections}
+lock_timeout_secs = {lock_timeout}
+migrate_on_start = true
+
+[master_keys]
+primary = "fleet1"
+file = "{keys_file}"
+
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+public_key_files = ["{public}"]
+
+[compute]
+base_url = "{compute}"
+token = "{COMPUTE_TOKEN}"
+request_timeout_ms = 60000
+
+[founding]
+dns_zone = "{ZONE}"
+vm_address_deadline_secs = 10
+vm_address_poll_ms = 50
+
+[recovery]
+lease_secs = {lease}
+scan_interval_secs = 1
+orphan_grace_secs = {grace}
+orphan_sweep_interval_secs = 1
+
+{dns_section}"#,
+            db = db.url(),
+            max_connections = options.max_connections,
+            lock_timeout = options.lock_timeout_secs,
+            keys_file = keys_file.display(),
+            public = public.display(),
+            compute = sim.base_url(),
+            lease = options.lease_secs,
+            grace = options.orphan_grace_secs,
+        );
+        write(&dir, "fleet.toml", &config);
+        Self {
+            db,
+            sim,
+            client: reqwest::Client::new(),
+            keys,
+            dir,
+            _dns: dns,
+        }
+    }
+
+    /// Starts a replica and waits until it is ready.
+    pub fn spawn(&self, name: &str) -> Replica {
+        let port = free_port();
+        let log = self.dir.join(format!("{name}-{port}.log"));
+        let mut command = Command::new(plinth_binary());
+        command
+            .arg("serve")
+            .env("PLINTH_CONFIG_DIR", &self.dir)
+            .env("PLINTH_ENV", "fleet")
+            .env("PLINTH__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "PLINTH__FOUNDING__BOOTSTRAP_BASE_URL",
+                format!("http://127.0.0.1:{port}"),
+            );
+        let process = Process::start(name, &mut command, &log);
+        wait_for_port(Ipv4Addr::LOCALHOST.into(), port, Duration::from_secs(30));
+        Replica {
+            process: Some(process),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A token for `org`.
+    pub fn token(&self, org: &str) -> String {
+        let key = EncodingKey::from_ec_pem(self.keys.es256_private_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &Claims::valid(org), &key).unwrap()
+    }
+
+    /// `POST /clusters` on `replica` as `org`.
+    pub async fn found(&self, replica: &Replica, org: &str, body: Value) -> (StatusCode, Value) {
+        self.found_as(&replica.base, org, body).await
+    }
+
+    /// `POST /clusters` on the replica at `base`, as `org-a`.
+    pub async fn found_on(&self, base: &str, body: Value) -> (StatusCode, Value) {
+        self.found_as(base, "org-a", body).await
+    }
+
+    async fn found_as(&self, base: &str, org: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{base}/clusters"))
+            .bearer_auth(self.token(org))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sets the compute service's fault rules (replacing all of them).
+    pub async fn faults(&self, rules: Value) {
+        let admin = format!("{}/admin/faults", self.sim.base_url());
+        self.client
+            .delete(&admin)
+            .bearer_auth(COMPUTE_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let response = self
+            .client
+            .put(&admin)
+            .bearer_auth(COMPUTE_TOKEN)
+            .json(&rules)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// How many calls the compute service saw for `operation` since its rule was set.
+    pub async fn compute_calls(&self, operation: &str) -> u64 {
+        let state: Value = self
+            .client
+            .get(format!("{}/admin/faults", self.sim.base_url()))
+            .bearer_auth(COMPUTE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state[operation]["calls"].as_u64().unwrap_or(0)
+    }
+
+    /// A count over the shared database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.db.connect().await;
+        diesel::sql_query(format!("SELECT count(*) AS n FROM ({sql}) AS rows"))
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap()
+            .n
+    }
+
+    /// Waits until `sql` counts `want` rows (or panics after `limit`, saying what it saw).
+    pub async fn wait_for(&self, sql: &str, want: i64, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let n = self.count(sql).await;
+            if n == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "after {limit:?}, `{sql}` counts {n}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The invariant every crash test ends on: no operation runs, no cluster is half-founded,
+    /// and every VM and security group carrying a cluster's tag belongs to a ready cluster that
+    /// has all of its node rows (and is that cluster's own).
+    pub async fn assert_nothing_left(&self) {
+        let running = self
+            .count("SELECT id FROM operations WHERE state = 'running'")
+            .await;
+        assert_eq!(running, 0, "operations still running");
+        let provisioning = self
+            .count("SELECT id FROM kubeclusters WHERE status <> 'ready'")
+            .await;
+        assert_eq!(provisioning, 0, "clusters still provisioning");
+        let stray_vms = self
+            .count(
+                "SELECT v.id FROM vms v WHERE NOT EXISTS (
+                   SELECT 1 FROM kubeclusters k JOIN etcdnodes e ON e.cluster_id = k.id
+                   JOIN apiservernodes a ON a.cluster_id = k.id AND a.ordinal = e.ordinal
+                   WHERE k.id::text = v.tags->>'plinth.io/cluster-id' AND k.status = 'ready'
+                     AND e.vm_id = v.id AND a.vm_id = v.id
+                     AND (SELECT count(*) FROM etcdnodes x WHERE x.cluster_id = k.id)
+                         = k.control_plane_count
+                     AND (SELECT count(*) FROM apiservernodes y WHERE y.cluster_id = k.id)
+                         = k.control_plane_count)",
+            )
+            .await;
+        assert_eq!(stray_vms, 0, "VMs that belong to no ready cluster");
+        let stray_groups = self
+            .count(
+                "SELECT s.id FROM security_groups s WHERE NOT EXISTS (
+                   SELECT 1 FROM kubeclusters k
+                   WHERE k.id::text = s.tags->>'plinth.io/cluster-id' AND k.status = 'ready'
+                     AND k.created_security_group_id = s.id)",
+            )
+            .await;
+        assert_eq!(
+            stray_groups, 0,
+            "security groups that belong to no ready cluster"
+        );
+    }
+
+    /// Waits until every operation has ended, then checks [`Fleet::assert_nothing_left`].
+    pub async fn settles(&self, limit: Duration) {
+        self.wait_for(
+            "SELECT id FROM operations WHERE state = 'running'",
+            0,
+            limit,
+        )
+        .await;
+        self.assert_nothing_left().await;
+    }
+
+    /// A fault rule that holds every call of an operation for `ms` (after the first `after`).
+    pub fn hold(after: u64, ms: u64) -> Value {
+        json!({"latency_ms": ms, "after_calls": after})
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the replicas said is the first thing to read when a test fails.
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("--- {} (last lines)", path.display());
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
