@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Proves `make run` works from this checkout, as a newcomer would use it: starts it (on its own
 # ports and .dev directory, so it never meets a stack already running), runs the curl it prints,
-# expects a founded cluster, then stops it the way Ctrl-C does and checks that everything it
-# started is gone. `make test` runs it last.
+# expects a founded cluster, asks a second replica (scripts/run-replica.sh) for it, then stops
+# it all the way Ctrl-C does and checks that everything it started is gone. `make test` runs it
+# last.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,10 +61,30 @@ if "PDNS_API_URL" in stack:
 print(f"check-make-run: founded {answer['cluster_id']} (dns_configured={answer['dns_configured']})")
 PY
 
+# A second replica on the stack (scripts/run-replica.sh) serves the cluster the first one founded.
+replica_port=${CHECK_REPLICA_PORT:-18090}
+scripts/run-replica.sh "$replica_port" >"$PLINTH_DEV_DIR/replica.log" 2>&1 &
+replica=$!
+trap 'kill "$replica" 2>/dev/null || true; stop_stack || true' EXIT
+for _ in $(seq 1 300); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$replica_port/readyz" 2>/dev/null && break
+  kill -0 "$replica" 2>/dev/null || fail "run-replica.sh exited: $(tail -n 5 "$PLINTH_DEV_DIR/replica.log")"
+  sleep 0.1
+done
+id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cluster_id"])' "$PLINTH_DEV_DIR/answer.json")
+status=$(curl -sS -o "$PLINTH_DEV_DIR/replica-answer.json" -w '%{http_code}' \
+  -H "Authorization: Bearer $(cat "$PLINTH_DEV_DIR/token")" "http://127.0.0.1:$replica_port/clusters/$id")
+[ "$status" = 200 ] || fail "the second replica answered $status for the cluster: $(cat "$PLINTH_DEV_DIR/replica-answer.json")"
+grep -q '"status":"ready"' "$PLINTH_DEV_DIR/replica-answer.json" ||
+  fail "the second replica does not show the cluster ready: $(cat "$PLINTH_DEV_DIR/replica-answer.json")"
+kill -INT "$replica"
+wait "$replica" || true
+echo "check-make-run: a second replica (run-replica.sh) serves the same clusters"
+
 trap - EXIT
 stop_stack || fail "the stack did not stop"
 grep -q 'run: stopped' "$log" || fail "make run did not report stopping"
-for port in "$PLINTH_PORT" "$COMPUTE_PORT" "$PLINTH_PDNS_API_PORT"; do
+for port in "$PLINTH_PORT" "$COMPUTE_PORT" "$PLINTH_PDNS_API_PORT" "$replica_port"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     fail "something still listens on port $port"
   fi

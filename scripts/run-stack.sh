@@ -121,11 +121,11 @@ target/debug/plinth dev-token --org "$org" > "$dev/token"
   echo "COMPUTE_URL=http://127.0.0.1:$compute_port"
   echo "COMPUTE_TOKEN=$compute_token"
   echo "DATABASE_URL=$database_url"
+  echo "DNS_ZONE=$zone"
   if [ "$dns_mode" = powerdns ]; then
     echo "PDNS_API_URL=http://127.0.0.1:$PLINTH_PDNS_API_PORT"
     echo "PDNS_API_KEY=$PLINTH_PDNS_API_KEY"
     echo "PDNS_DNS_PORT=$PLINTH_PDNS_DNS_PORT"
-    echo "DNS_ZONE=$zone"
   fi
 } > "$dev/stack.env"
 
@@ -137,6 +137,7 @@ Found a 3-node cluster for organization $org:
 curl -sS -X POST http://127.0.0.1:$plinth_port/clusters -H "Authorization: Bearer \$(cat $dev/token)" -H 'Content-Type: application/json' -d '{"name":"demo","control_plane_count":3}'
 
 A token for another organization: make token ORG=org-b
+A second replica on the same database: scripts/run-replica.sh 8090
 Ctrl-C stops the stack.
 TXT
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A second plinth replica on the `make run` stack: the same database, compute service, DNS and
+# keys, on its own port, in the foreground until Ctrl-C. Replicas share nothing but PostgreSQL:
+# either answers every route, and if one dies (try `kill -9`), the other's recovery rolls back
+# the foundings it was running within `recovery.lease_secs` plus a scan.
+#
+#   make run                     # in one terminal
+#   scripts/run-replica.sh 8090  # in another
+set -euo pipefail
+
+port=${1:?usage: scripts/run-replica.sh PORT}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+dev=${PLINTH_DEV_DIR:-$root/.dev}
+if [ ! -f "$dev/stack.env" ]; then
+  echo "run-replica: $dev/stack.env is missing: start the stack with \`make run\` first" >&2
+  exit 1
+fi
+# shellcheck disable=SC1091
+source "$dev/stack.env"
+if ! curl -fsS -o /dev/null "$PLINTH_URL/readyz" 2>/dev/null; then
+  echo "run-replica: the stack's plinth ($PLINTH_URL) does not answer: is \`make run\` up?" >&2
+  exit 1
+fi
+
+export PLINTH_ENV=dev
+export PLINTH__SERVER__LISTEN="127.0.0.1:$port"
+export PLINTH__DATABASE__URL="$DATABASE_URL"
+export PLINTH__MASTER_KEYS__FILE="$dev/master-keys"
+export PLINTH__AUTH__PUBLIC_KEY_FILES="$dev/jwt-public.pem"
+export PLINTH__AUTH__DEV_SIGNING_KEY_FILE="$dev/jwt-signing.pem"
+export PLINTH__COMPUTE__BASE_URL="$COMPUTE_URL"
+export PLINTH__COMPUTE__TOKEN="$COMPUTE_TOKEN"
+export PLINTH__FOUNDING__DNS_ZONE="$DNS_ZONE"
+export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="http://127.0.0.1:$port"
+if [ -n "${PDNS_API_URL:-}" ]; then
+  export PLINTH__DNS__MODE=powerdns
+  export PLINTH__DNS__POWERDNS__API_URL="$PDNS_API_URL"
+  export PLINTH__DNS__POWERDNS__API_KEY="$PDNS_API_KEY"
+else
+  export PLINTH__DNS__MODE=disabled
+fi
+echo "run-replica: a second plinth on http://127.0.0.1:$port (Ctrl-C stops it)"
+exec target/debug/plinth serve
