@@ -9,7 +9,9 @@
 #   scripts/pg.sh url     the admin URL (role `plinth`, database `postgres`)
 #   scripts/pg.sh createdb NAME   create database NAME owned by `plinth` unless it exists
 #
-# Settings (environment): PLINTH_PG_DIR (default <repo>/.dev/pg), PLINTH_PG_PORT (default 55432).
+# Settings (environment): PLINTH_PG_DIR (default <repo>/.dev/pg), PLINTH_PG_PORT (default: the
+# port this data directory's server last used, else the first free one from 55432, so another
+# checkout's server on 55432 is left alone).
 #
 # The server runs as `postgres`, which must be able to reach its data directory. A checkout in a
 # directory only root can enter (a `mktemp -d`, /root/…) cannot hold it there; then the data lives
@@ -18,11 +20,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 requested=${PLINTH_PG_DIR:-$root/.dev/pg}
-port=${PLINTH_PG_PORT:-55432}
 bin=${PLINTH_PG_BIN:-/usr/lib/postgresql/15/bin}
 role=plinth
 password=plinth
-url="postgres://$role:$password@127.0.0.1:$port/postgres"
 
 # Run a PostgreSQL program as the postgres user (directly when we already are that user).
 as_postgres() {
@@ -74,6 +74,29 @@ else
   dir=$requested
 fi
 
+# Whether something listens on 127.0.0.1:$1.
+port_taken() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The port: asked for, or the one this data directory's server was started on, or (to start it)
+# the first free one from 55432.
+if [ -n "${PLINTH_PG_PORT:-}" ]; then
+  port=$PLINTH_PG_PORT
+elif [ -f "$dir/port" ]; then
+  port=$(cat "$dir/port")
+else
+  port=55432
+fi
+if [ "${1:-}" = start ] && [ -z "${PLINTH_PG_PORT:-}" ] && \
+   ! { [ -f "$dir/data/postmaster.pid" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; }; then
+  for _ in $(seq 1 50); do
+    port_taken "$port" || break
+    port=$((port + 1))
+  done
+fi
+url="postgres://$role:$password@127.0.0.1:$port/postgres"
+
 running() {
   [ -f "$dir/data/postmaster.pid" ] && as_postgres "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
 }
@@ -90,6 +113,7 @@ case "${1:-}" in
       as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
         start >/dev/null || { tail -n 20 "$dir/server.log" >&2; exit 1; }
+      echo "$port" >"$dir/port"
     fi
     as_postgres "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA <<SQL >/dev/null
 DO \$\$ BEGIN
