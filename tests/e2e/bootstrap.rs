@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{COMPUTE_TOKEN, Options, Stack, kubectl_config};
+use crate::support::{Options, Stack, compute_get, kubectl_config};
+use crate::tls::{assert_kubectl_accepted, kubectl_through_s_server};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use plinth_testkit::{Process, free_port, output_text, run, wait_for_port};
+use plinth_testkit::{Process, output_text, run, wait_for_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -34,16 +35,7 @@ fn line_value(shim: &str, key: &str) -> String {
 
 /// The userdata of VM `vm_id`, as the compute service holds it.
 async fn user_data(stack: &Stack, vm_id: &str) -> String {
-    let vm: Value = stack
-        .client
-        .get(format!("{}/v1/vms/{vm_id}", stack.sim.base_url()))
-        .bearer_auth(COMPUTE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vm = compute_get(&stack.client, &stack.sim, &format!("/v1/vms/{vm_id}")).await;
     vm["user_data"].as_str().unwrap().to_owned()
 }
 
@@ -297,66 +289,15 @@ async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
 
     // kubectl, with the founding's admin kubeconfig, and node 1's apiserver cert behind
     // openssl s_server: the shared name verifies, the client cert is accepted.
-    let port = free_port();
-    std::fs::write(
-        first.root.join("version"),
-        r#"{"major":"1","minor":"32","gitVersion":"v1.32.0-boot"}"#,
-    )
-    .unwrap();
-    let accept = format!("{}:{port}", first.ipv4);
-    let (cert, key, ca) = (pki("apiserver.crt"), pki("apiserver.key"), pki("ca.crt"));
-    let server = Process::spawn_in(
-        &first.root,
-        "apiserver",
-        "openssl",
-        &[
-            "s_server",
-            "-quiet",
-            "-accept",
-            &accept,
-            "-WWW",
-            "-Verify",
-            "1",
-            "-verify_return_error",
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-            "-CAfile",
-            ca.to_str().unwrap(),
-        ],
-        &first.root.join("s_server.log"),
-    );
-    wait_for_port(IpAddr::V4(first.ipv4), port, Duration::from_secs(15));
     let admin_conf = stack.scratch("admin.conf", founded["admin_kubeconfig"].as_str().unwrap());
-    let (server_url, cache) = (
-        format!("https://{}:{port}", first.ipv4),
-        first.root.join("kube-cache"),
+    let output = kubectl_through_s_server(
+        &first.root,
+        &admin_conf,
+        founded["control_plane_dns_name"].as_str().unwrap(),
+        first.ipv4,
+        (&pki("apiserver.crt"), &pki("apiserver.key"), &pki("ca.crt")),
     );
-    let output = run(
-        "kubectl",
-        &[
-            "--kubeconfig",
-            admin_conf.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--server",
-            &server_url,
-            "--tls-server-name",
-            founded["control_plane_dns_name"].as_str().unwrap(),
-            "get",
-            "--raw",
-            "/version",
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(
-        output.status.success(),
-        "kubectl failed: {}",
-        output_text(&output)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("v1.32.0-boot"));
-    drop(server);
+    assert_kubectl_accepted(&output);
 
     // Every kubeconfig of a bundle is one kubectl reads, pointing at the first node.
     for node in &nodes {

@@ -17,7 +17,7 @@ use plinth_testkit::{Process, free_port, wait_for_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{AUDIENCE, COMPUTE_TOKEN, Claims, ISSUER, Keys, ZONE, write};
+use crate::support::{AUDIENCE, COMPUTE_TOKEN, Claims, ISSUER, Keys, ZONE, compute_get, write};
 
 /// How a fleet runs.
 #[derive(Debug, Clone)]
@@ -210,8 +210,64 @@ orphan_sweep_interval_secs = 1
 
     /// A token for `org`.
     pub fn token(&self, org: &str) -> String {
+        self.token_as(org, "e2e")
+    }
+
+    /// A token for `org` whose subject is `subject`.
+    pub fn token_as(&self, org: &str, subject: &str) -> String {
         let key = EncodingKey::from_ec_pem(self.keys.es256_private_pem.as_bytes()).unwrap();
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &Claims::valid(org), &key).unwrap()
+        let claims = Claims {
+            sub: subject.to_owned(),
+            ..Claims::valid(org)
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+    }
+
+    /// One request to the replica at `base` as `org`, with `headers` and a raw JSON `body`;
+    /// answers the status, the headers and the body (JSON, or the text as a JSON string).
+    pub async fn send(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        org: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(self.token(org));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+
+    /// A file in the fleet's scratch directory.
+    pub fn scratch(&self, name: &str, text: &str) -> PathBuf {
+        write(&self.dir, name, text)
+    }
+
+    /// Everything the replicas have logged so far.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+        text
     }
 
     /// `POST /clusters` on `replica` as `org`.
@@ -263,16 +319,7 @@ orphan_sweep_interval_secs = 1
 
     /// How many calls the compute service saw for `operation` since its rule was set.
     pub async fn compute_calls(&self, operation: &str) -> u64 {
-        let state: Value = self
-            .client
-            .get(format!("{}/admin/faults", self.sim.base_url()))
-            .bearer_auth(COMPUTE_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state = compute_get(&self.client, &self.sim, "/admin/faults").await;
         state[operation]["calls"].as_u64().unwrap_or(0)
     }
 

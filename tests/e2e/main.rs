@@ -9,4 +9,6 @@ mod bootstrap;
 mod clusters;
 mod durability;
 mod fleet;
+mod idempotency;
 mod support;
+mod tls;

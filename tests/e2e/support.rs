@@ -139,6 +139,19 @@ pub struct Stack {
     dir: PathBuf,
 }
 
+/// `GET <path>` on the compute service at `sim`, as plinth calls it; the answer's JSON.
+pub async fn compute_get(client: &reqwest::Client, sim: &RunningSim, path: &str) -> Value {
+    client
+        .get(format!("{}{path}", sim.base_url()))
+        .bearer_auth(COMPUTE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     if let Some(parent) = path.parent() {

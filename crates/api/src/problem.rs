@@ -6,7 +6,8 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use plinth_domain::FoundClusterError;
 use plinth_domain::bootstrap::FetchBundleError;
-use plinth_domain::found_cluster::{FailureKind, SubmitError};
+use plinth_domain::credentials::CredentialsError;
+use plinth_domain::found_cluster::{FailureKind, ReplayError, SubmitError};
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::operations::OperationProblem;
 use plinth_domain::ports::repo::RepoError;
@@ -70,12 +71,17 @@ pub struct ApiError {
     bearer_challenge: Option<String>,
     /// Seconds for `Retry-After`, when trying again later can help.
     retry_after: Option<u64>,
+    /// The answer of an earlier request with the same idempotency key.
+    replayed: bool,
 }
 
 /// What `Retry-After` says when this replica is busy or a dependency is down.
-const RETRY_AFTER_SECS: u64 = 2;
+pub(crate) const RETRY_AFTER_SECS: u64 = 2;
 
 const TYPE_BASE: &str = "https://plinth.dev/problems/";
+
+/// The header that marks the answer of an earlier request with the same idempotency key.
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
 impl ApiError {
     /// A problem of `kind` (a short slug) with `detail`.
@@ -91,7 +97,23 @@ impl ApiError {
             }),
             bearer_challenge: None,
             retry_after: None,
+            replayed: false,
         }
+    }
+
+    /// The same error, marked as the answer of an earlier request with the same idempotency
+    /// key (`Idempotent-Replayed: true`).
+    #[must_use]
+    pub fn replayed(mut self) -> Self {
+        self.replayed = true;
+        self
+    }
+
+    /// The same error with `Retry-After: <seconds>`.
+    #[must_use]
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400 with every broken rule.
@@ -160,6 +182,9 @@ impl ResponseError for ApiError {
         }
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if self.replayed {
+            response.insert_header((IDEMPOTENT_REPLAYED, "true"));
         }
         response.json(&*self.problem)
     }
@@ -254,16 +279,64 @@ impl From<FoundClusterError> for ApiError {
 
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
-        let status = match e {
-            SubmitError::Busy => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let kind = match e {
-            SubmitError::Busy => "too-many-foundings",
-            _ => "shutting-down",
-        };
-        let mut error = ApiError::new(status, kind, e.to_string());
-        error.retry_after = Some(RETRY_AFTER_SECS);
-        error
+        match e {
+            SubmitError::Busy => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-foundings",
+                e.to_string(),
+            )
+            .retry_after(RETRY_AFTER_SECS),
+            SubmitError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                e.to_string(),
+            )
+            .retry_after(RETRY_AFTER_SECS),
+            SubmitError::Claim(e) => e.into(),
+            SubmitError::Lookup(e) => repo_error(&e),
+            SubmitError::Replay(ReplayError::KeyReused) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was first sent with another request; use a new key for a \
+                 new request",
+            ),
+            SubmitError::Replay(ReplayError::ClusterGone(cluster)) => ApiError::not_found(format!(
+                "cluster {cluster}, which this Idempotency-Key founded, no longer exists"
+            )),
+            SubmitError::Replay(ReplayError::Repo(e)) => repo_error(&e),
+            other => {
+                tracing::error!(error = %Chain(&other), "a founding request could not be answered");
+                internal("the founding request could not be answered")
+            }
+        }
     }
+}
+
+impl From<CredentialsError> for ApiError {
+    fn from(e: CredentialsError) -> Self {
+        match e {
+            CredentialsError::NotFound(cluster) => {
+                ApiError::not_found(format!("no cluster {cluster} in your organization"))
+            }
+            CredentialsError::NotReady { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "cluster-not-ready", e.to_string())
+                    .retry_after(RETRY_AFTER_SECS)
+            }
+            CredentialsError::UnusableSubject(why) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unusable-subject",
+                format!("the token's subject cannot name a certificate: {why}"),
+            ),
+            CredentialsError::Repo(e) => repo_error(&e),
+            other => {
+                tracing::error!(error = %Chain(&other), "issuing admin credentials failed");
+                internal("the credentials could not be issued")
+            }
+        }
+    }
+}
+
+/// 500 saying `detail`; the cause goes to the log.
+fn internal(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
 }

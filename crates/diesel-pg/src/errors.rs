@@ -7,6 +7,9 @@ use plinth_domain::ports::repo::RepoError;
 /// The unique constraint that makes a cluster name unique within its organization.
 pub(crate) const ORG_NAME_CONSTRAINT: &str = "kubeclusters_org_name_key";
 
+/// The primary key that keeps one idempotency key per organization.
+pub(crate) const IDEMPOTENCY_KEY_CONSTRAINT: &str = "client_idempotency_keys_pkey";
+
 /// Maps a query error; `doing` says what the query was for.
 pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
     match &e {
@@ -16,6 +19,11 @@ pub(crate) fn query_error(e: Error, doing: &str) -> RepoError {
             RepoError::Conflict(
                 "a cluster with this name already exists in the organization".into(),
             )
+        }
+        Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(IDEMPOTENCY_KEY_CONSTRAINT) =>
+        {
+            RepoError::IdempotencyKeyTaken
         }
         Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
             RepoError::Conflict(format!("{doing}: {}", info.message()))

@@ -43,8 +43,8 @@ use plinth_domain::ports::pki::{
     CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts,
 };
 use plinth_domain::ports::repo::{
-    BootstrapMaterial, ClusterDetails, ClusterPage, PageCursor, PageRequest, Repo, RepoError,
-    VmIdentity,
+    BootstrapMaterial, ClusterDetails, ClusterPage, DnsOutcome, PageCursor, PageRequest, Repo,
+    RepoError, VmIdentity,
 };
 use plinth_domain::settings::SettingsError;
 
@@ -400,6 +400,67 @@ impl Repo for PgRepo {
             None
         };
         Ok(ClusterPage { clusters, next })
+    }
+
+    async fn record_dns_outcome(
+        &self,
+        cluster: ClusterId,
+        outcome: &DnsOutcome,
+    ) -> Result<(), RepoError> {
+        const DOING: &str = "recording a cluster's DNS outcome";
+        let mut conn = self.connection(DOING).await?;
+        // No lease: the founding has ended. A cluster deleted since updates nothing, which is
+        // no error: there is nothing left to say it about.
+        let query = diesel::update(kubeclusters::table.find(cluster.as_uuid())).set((
+            kubeclusters::dns_configured.eq(Some(outcome.configured)),
+            kubeclusters::dns_error.eq(outcome.error.as_deref()),
+            kubeclusters::updated_at.eq(diesel::dsl::now),
+        ));
+        tokio::time::timeout(self.statement_timeout, query.execute(&mut *conn))
+            .await
+            .map_err(|_| timed_out(DOING))?
+            .map_err(|e| query_error(e, DOING))?;
+        Ok(())
+    }
+
+    async fn cluster_root_ca(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+    ) -> Result<Option<CertifiedKey>, RepoError> {
+        const DOING: &str = "reading a cluster's root CA";
+        let mut conn = self.connection(DOING).await?;
+        // Scoped by organization, so that one organization cannot have a certificate signed by
+        // another's CA.
+        let query = kubeclusters::table
+            .filter(kubeclusters::org_id.eq(org.as_str()))
+            .filter(kubeclusters::id.eq(cluster.as_uuid()))
+            .select((kubeclusters::ca_cert, kubeclusters::ca_key));
+        let found: Option<(Option<String>, Option<String>)> = tokio::time::timeout(
+            self.statement_timeout,
+            query.first(&mut *conn).await_optional(),
+        )
+        .await
+        .map_err(|_| timed_out(DOING))?
+        .map_err(|e| query_error(e, DOING))?;
+        let (cert_pem, sealed) = match found {
+            // A provisioning cluster has no trust material until its founding's step 3.
+            None | Some((None, None)) => return Ok(None),
+            Some((Some(cert_pem), Some(sealed))) => (cert_pem, sealed),
+            // Both are stored in one statement: half of the pair is corrupt data.
+            Some(_) => {
+                return Err(RepoError::Unexpected(
+                    format!("cluster {cluster} has half of its root CA").into(),
+                ));
+            }
+        };
+        let key_pem = self.open(
+            &sealed,
+            "kubeclusters",
+            "ca_key",
+            &SealedRow::Cluster(cluster).to_string(),
+        )?;
+        Ok(Some(CertifiedKey { cert_pem, key_pem }))
     }
 
     async fn bootstrap_material(

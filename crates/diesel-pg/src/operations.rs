@@ -3,20 +3,29 @@
 //! names a lease first locks the operation's row and checks the lease is still the caller's and
 //! the operation still runs — the fence that keeps a replica that lost its operation, or a commit
 //! racing a rollback, from changing anything.
+//!
+//! A founding a client sent an idempotency key with keeps that key (`client_idempotency_keys`,
+//! per organization) in the same first transaction as its operation and name, so that a retry
+//! finds the operation whatever became of it — running, founded, or failed and its cluster row
+//! gone.
 
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use plinth_domain::model::{ClusterId, ClusterStatus, OperationKind, OperationState, ReplicaId};
-use plinth_domain::model::{OperationId, SecurityGroupChoice};
+use plinth_domain::model::{
+    IdempotencyKey, OperationId, OrgId, RequestFingerprint, SecurityGroupChoice,
+};
 use plinth_domain::ports::operations::{
-    FoundingRows, Lease, NewFounding, OperationProblem, OperationRecord, Operations, ResourceKind,
+    FoundingRows, IdempotentOperation, Lease, NewFounding, OperationProblem, OperationRecord,
+    Operations, ResourceKind,
 };
 use plinth_domain::ports::pki::{ClusterCa, ServiceAccountKeyPair};
 use plinth_domain::ports::repo::{ClusterSecurityGroups, RepoError};
 use std::time::Duration;
 
 use diesel::dsl::sql;
+use diesel::expression::{SqlLiteral, TypedExpressionType};
 use diesel::sql_types::{Nullable, Timestamptz};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -26,10 +35,11 @@ use crate::envelope::{SealedRow, Slot};
 use crate::errors::{query_error, timed_out};
 use crate::rows::{
     JournalRow, NewApiServerNodeRow, NewClusterCertRow, NewClusterRow, NewEtcdNodeRow,
-    NewJournalRow, NewOperationRow, OperationRow, TrustRootChanges, host,
+    NewIdempotencyKeyRow, NewJournalRow, NewOperationRow, OperationRow, TrustRootChanges, host,
 };
 use crate::schema::{
-    apiservernodes, clustercerts, etcdnodes, kubeclusters, operation_journal, operations,
+    apiservernodes, client_idempotency_keys, clustercerts, etcdnodes, kubeclusters,
+    operation_journal, operations,
 };
 
 /// What can end a short transaction.
@@ -77,13 +87,18 @@ fn settle<T>(
     }
 }
 
-/// `now() + lease_for` on the database's clock, so that replicas' clocks do not matter.
-fn lease_end(lease_for: Duration) -> diesel::expression::SqlLiteral<Nullable<Timestamptz>> {
+/// `now() + span` on the database's clock, so that replicas' clocks do not matter.
+fn from_now<ST: TypedExpressionType>(span: Duration) -> SqlLiteral<ST> {
     // A number, not text from outside: safe to write into the statement.
     sql(&format!(
         "now() + interval '{} milliseconds'",
-        lease_for.as_millis()
+        span.as_millis()
     ))
+}
+
+/// When a lease taken or renewed now for `lease_for` ends.
+fn lease_end(lease_for: Duration) -> SqlLiteral<Nullable<Timestamptz>> {
+    from_now(lease_for)
 }
 
 /// The database's clock, for columns that may be NULL.
@@ -209,6 +224,20 @@ impl PgRepo {
     }
 
     /// One operation with its journal, on `c`.
+    /// One operation row with its journal, bounded like a statement.
+    async fn with_journal(
+        &self,
+        c: &mut AsyncPgConnection,
+        row: OperationRow,
+        doing: &str,
+    ) -> Result<Option<OperationRecord>, RepoError> {
+        let loaded =
+            tokio::time::timeout(self.statement_timeout, Self::load_operations(c, vec![row]))
+                .await
+                .map_err(|_| timed_out(doing))??;
+        Ok(loaded.into_iter().next())
+    }
+
     async fn load_operations(
         c: &mut AsyncPgConnection,
         rows: Vec<OperationRow>,
@@ -272,20 +301,51 @@ impl Operations for PgRepo {
             step: "claim_name",
             owner: founding.lease.owner.as_str(),
         };
+        let claim = founding.idempotency.as_ref().map(|claim| {
+            let row = NewIdempotencyKeyRow {
+                org_id: cluster.org.as_str(),
+                key: claim.idempotency.key.as_str(),
+                fingerprint: claim.idempotency.fingerprint.as_str(),
+                operation_id: founding.lease.operation.as_uuid(),
+            };
+            (row, claim.retain_for)
+        });
         let lease_for = founding.lease_for;
         let mut conn = self.connection(DOING).await?;
         let outcome = tokio::time::timeout(
             self.statement_timeout,
             conn.transaction::<_, TxError, _>(async |c| {
-                diesel::insert_into(kubeclusters::table)
-                    .values(cluster_row)
-                    .execute(c)
-                    .await?;
+                // The operation first: the key refers to it, and it conflicts with nothing.
                 diesel::insert_into(operations::table)
                     .values((
                         operation,
                         operations::lease_expires_at.eq(lease_end(lease_for)),
                     ))
+                    .execute(c)
+                    .await?;
+                // The key before the name, so that a retry whose first attempt still holds
+                // the name learns that its key is taken (and is answered from that attempt),
+                // not that its name is. A founding sending the same key at the same moment
+                // waits here on this one's uncommitted row, then finds it taken.
+                if let Some((key, retain_for)) = claim {
+                    // A key past its retention is free again; the one taking it replaces it.
+                    diesel::delete(
+                        client_idempotency_keys::table
+                            .find((key.org_id, key.key))
+                            .filter(client_idempotency_keys::expires_at.le(diesel::dsl::now)),
+                    )
+                    .execute(c)
+                    .await?;
+                    diesel::insert_into(client_idempotency_keys::table)
+                        .values((
+                            key,
+                            client_idempotency_keys::expires_at.eq(from_now(retain_for)),
+                        ))
+                        .execute(c)
+                        .await?;
+                }
+                diesel::insert_into(kubeclusters::table)
+                    .values(cluster_row)
                     .execute(c)
                     .await?;
                 Ok(())
@@ -582,13 +642,7 @@ impl Operations for PgRepo {
         let Some(row) = row else {
             return Ok(None);
         };
-        let loaded = tokio::time::timeout(
-            self.statement_timeout,
-            Self::load_operations(&mut conn, vec![row]),
-        )
-        .await
-        .map_err(|_| timed_out(DOING))??;
-        Ok(loaded.into_iter().next())
+        self.with_journal(&mut conn, row, DOING).await
     }
 
     async fn claim_expired(
@@ -668,5 +722,56 @@ impl Operations for PgRepo {
         live.sort();
         live.dedup();
         Ok(live)
+    }
+
+    async fn idempotent_operation(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotentOperation>, RepoError> {
+        const DOING: &str = "reading an idempotency key's operation";
+        let mut conn = self.connection(DOING).await?;
+        // A key past its retention reads as absent even before it is purged: the next founding
+        // with it replaces it.
+        let query = client_idempotency_keys::table
+            .inner_join(operations::table)
+            .filter(client_idempotency_keys::org_id.eq(org.as_str()))
+            .filter(client_idempotency_keys::key.eq(key.as_str()))
+            .filter(client_idempotency_keys::expires_at.gt(diesel::dsl::now))
+            .select((
+                client_idempotency_keys::fingerprint,
+                OperationRow::as_select(),
+            ));
+        let found: Option<(String, OperationRow)> =
+            tokio::time::timeout(self.statement_timeout, query.first(&mut *conn))
+                .await
+                .map_err(|_| timed_out(DOING))?
+                .optional()
+                .map_err(|e| query_error(e, DOING))?;
+        let Some((fingerprint, row)) = found else {
+            return Ok(None);
+        };
+        Ok(self
+            .with_journal(&mut conn, row, DOING)
+            .await?
+            .map(|operation| IdempotentOperation {
+                fingerprint: RequestFingerprint::from_stored(fingerprint),
+                operation,
+            }))
+    }
+
+    async fn purge_idempotency_keys(&self) -> Result<u64, RepoError> {
+        const DOING: &str = "purging expired idempotency keys";
+        let mut conn = self.connection(DOING).await?;
+        let query = diesel::delete(
+            client_idempotency_keys::table
+                .filter(client_idempotency_keys::expires_at.le(diesel::dsl::now)),
+        );
+        let purged = tokio::time::timeout(self.statement_timeout, query.execute(&mut *conn))
+            .await
+            .map_err(|_| timed_out(DOING))?
+            .map_err(|e| query_error(e, DOING))?;
+        // A count of rows always fits.
+        Ok(u64::try_from(purged).unwrap_or(u64::MAX))
     }
 }

@@ -13,13 +13,15 @@ use plinth_domain::ports::operations::{
     JournalEntry, OperationProblem, OperationRecord, ResourceKind,
 };
 use plinth_domain::ports::repo::{
-    ClusterDetails, ClusterSecurityGroups, ClusterSummary, NodePlacement, RepoError, VmIdentity,
+    ClusterDetails, ClusterSecurityGroups, ClusterSummary, DnsOutcome, NodePlacement, RepoError,
+    VmIdentity,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::schema::{
-    apiservernodes, clustercerts, etcdnodes, kubeclusters, operation_journal, operations, vms,
+    apiservernodes, client_idempotency_keys, clustercerts, etcdnodes, kubeclusters,
+    operation_journal, operations, vms,
 };
 
 #[derive(Insertable)]
@@ -83,6 +85,17 @@ pub(crate) struct OperationRow {
     pub problem: Option<serde_json::Value>,
     pub started_at: OffsetDateTime,
     pub ended_at: Option<OffsetDateTime>,
+}
+
+/// A client's idempotency key, kept with the operation it started (`expires_at` is set from the
+/// database's clock beside it).
+#[derive(Insertable)]
+#[diesel(table_name = client_idempotency_keys)]
+pub(crate) struct NewIdempotencyKeyRow<'a> {
+    pub org_id: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+    pub operation_id: Uuid,
 }
 
 #[derive(Insertable)]
@@ -212,6 +225,8 @@ pub(crate) struct ClusterDetailsRow {
     pub api_server_port: i32,
     pub ingress_wildcard_dns_name: String,
     pub ca_cert: Option<String>,
+    pub dns_configured: Option<bool>,
+    pub dns_error: Option<String>,
 }
 
 #[derive(Queryable, Selectable)]
@@ -396,6 +411,12 @@ impl ClusterDetailsRow {
                 .map(|n| n.into_placement(id))
                 .collect::<Result<_, _>>()?,
             ca_cert_pem: self.ca_cert,
+            // No outcome yet: the founding has not reached step 10 (or its replica stopped
+            // before it could say); the error belongs to an outcome only.
+            dns: self.dns_configured.map(|configured| DnsOutcome {
+                configured,
+                error: self.dns_error,
+            }),
             summary,
         })
     }

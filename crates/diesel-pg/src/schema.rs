@@ -30,6 +30,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         status -> Text,
+        dns_configured -> Nullable<Bool>,
+        dns_error -> Nullable<Text>,
     }
 }
 
@@ -119,7 +121,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    client_idempotency_keys (org_id, key) {
+        org_id -> Text,
+        key -> Text,
+        fingerprint -> Text,
+        operation_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(operation_journal -> operations (operation_id));
+diesel::joinable!(client_idempotency_keys -> operations (operation_id));
 diesel::joinable!(etcdnodes -> kubeclusters (cluster_id));
 diesel::joinable!(apiservernodes -> kubeclusters (cluster_id));
 diesel::joinable!(clustercerts -> kubeclusters (cluster_id));
@@ -129,5 +143,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     apiservernodes,
     clustercerts,
     operations,
-    operation_journal
+    operation_journal,
+    client_idempotency_keys
 );

@@ -24,7 +24,7 @@ use plinth_domain::model::{
 };
 use plinth_domain::ports::operations::Operations;
 use plinth_domain::ports::repo::{
-    ClusterSecurityGroups, NodePlacement, PageRequest, Repo, RepoError,
+    ClusterSecurityGroups, DnsOutcome, NodePlacement, PageRequest, Repo, RepoError,
 };
 use plinth_domain::testing::{cluster_record, pem_certified, trust_root_of};
 
@@ -657,4 +657,117 @@ async fn a_provisioning_cluster_has_no_bootstrap_material_yet() {
             .unwrap()
             .is_none()
     );
+}
+
+// ---- the DNS outcome --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dns_outcome_round_trips_through_find_cluster() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let record = cluster_record("org-a", Some("named"), 1, now());
+    let neighbour = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &record, 1).await;
+    found(&repo, &mut compute, &neighbour, 2).await;
+    let dns_of = |id| {
+        let (repo, org) = (&repo, &record.org);
+        async move { repo.find_cluster(org, id).await.unwrap().unwrap().dns }
+    };
+    assert_eq!(dns_of(record.id).await, None, "no outcome said yet");
+
+    let published = DnsOutcome {
+        configured: true,
+        error: None,
+    };
+    repo.record_dns_outcome(record.id, &published)
+        .await
+        .unwrap();
+    assert_eq!(dns_of(record.id).await, Some(published));
+
+    let refused = DnsOutcome {
+        configured: false,
+        error: Some("the DNS server refused the update: REFUSED".into()),
+    };
+    repo.record_dns_outcome(record.id, &refused).await.unwrap();
+    assert_eq!(dns_of(record.id).await, Some(refused));
+    assert_eq!(dns_of(neighbour.id).await, None, "another cluster changed");
+
+    // A cluster that is gone (or never was) is no error, and nothing is written.
+    let mut conn = db.connect().await;
+    let before = common::snapshot(&mut conn).await;
+    repo.record_dns_outcome(
+        ClusterId::new_random(),
+        &DnsOutcome {
+            configured: true,
+            error: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::snapshot(&mut conn).await, before);
+}
+
+// ---- a cluster's root CA ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clusters_root_ca_comes_back_opened_to_its_own_organization_only() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let ready = cluster_record("org-a", Some("ready"), 1, now());
+    let halfway = cluster_record("org-a", Some("halfway"), 1, now());
+    let bare = cluster_record("org-a", Some("bare"), 1, now());
+    found(&repo, &mut compute, &ready, 1).await;
+    // Trust material stored, the founding still running.
+    begin(&repo, &halfway).await;
+    // The name claimed, no trust material yet.
+    repo.begin_founding(&founding(&bare)).await.unwrap();
+
+    for record in [&ready, &halfway] {
+        let (ca, _) = trust_root_of(record.id);
+        let root = repo
+            .cluster_root_ca(&record.org, record.id)
+            .await
+            .unwrap()
+            .expect("no root CA");
+        assert_eq!(root, ca.root, "the root CA of {}", record.id);
+        assert!(
+            root.key_pem.expose().contains("SECRET-"),
+            "the key is not opened"
+        );
+    }
+    assert_eq!(
+        repo.cluster_root_ca(&bare.org, bare.id).await.unwrap(),
+        None,
+        "a cluster without trust material"
+    );
+    assert_eq!(
+        repo.cluster_root_ca(&org("org-b"), ready.id).await.unwrap(),
+        None,
+        "another organization's cluster"
+    );
+    assert_eq!(
+        repo.cluster_root_ca(&ready.org, ClusterId::new_random())
+            .await
+            .unwrap(),
+        None,
+        "an unknown cluster"
+    );
+
+    // A sealed key moved to another row does not open there.
+    let mut conn = db.connect().await;
+    sql_query(format!(
+        "UPDATE kubeclusters SET ca_key = (SELECT ca_key FROM kubeclusters WHERE id = '{}') \
+         WHERE id = '{}'",
+        ready.id, halfway.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = repo
+        .cluster_root_ca(&halfway.org, halfway.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::Unexpected(_)), "{err:?}");
 }

@@ -19,11 +19,12 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use plinth_diesel_pg::PgRepo;
 use plinth_diesel_pg::testing::{MIGRATION_LOCK, TestDatabase, text_on_pool};
 use plinth_domain::model::{
-    ClusterId, ClusterStatus, OperationId, OperationKind, OperationState, ReplicaId,
+    ClusterId, ClusterStatus, Idempotency, IdempotencyKey, OperationId, OperationKind,
+    OperationState, ReplicaId, RequestFingerprint,
 };
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::operations::{
-    JournalEntry, Lease, NewFounding, OperationProblem, Operations, ResourceKind,
+    IdempotencyClaim, JournalEntry, Lease, NewFounding, OperationProblem, Operations, ResourceKind,
 };
 use plinth_domain::ports::repo::{
     ClusterSecurityGroups, NewClusterRecord, PageRequest, Repo, RepoError,
@@ -986,6 +987,436 @@ async fn a_cancelled_write_leaves_no_transaction_holding_locks() {
         [key(2), key(3)],
         "the cancelled write committed"
     );
+}
+
+// ---- idempotency keys -------------------------------------------------------------------------
+
+/// How long the tests' idempotency keys are kept: longer than any test.
+const RETAIN: Duration = Duration::from_secs(3600);
+
+fn key(raw: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(raw).unwrap()
+}
+
+/// The fingerprint of a founding request whose body is `body`.
+fn fingerprint(body: &str) -> RequestFingerprint {
+    RequestFingerprint::of("POST /clusters", body.as_bytes())
+}
+
+/// The founding of `record` by a request that sent `raw_key` with body `body`.
+fn keyed(record: &NewClusterRecord, raw_key: &str, body: &str) -> NewFounding {
+    NewFounding {
+        idempotency: Some(IdempotencyClaim {
+            idempotency: Idempotency {
+                key: key(raw_key),
+                fingerprint: fingerprint(body),
+            },
+            retain_for: RETAIN,
+        }),
+        ..founding(record)
+    }
+}
+
+/// Rows of kubeclusters, operations and client_idempotency_keys.
+async fn counts(conn: &mut diesel_async::AsyncPgConnection) -> [i64; 3] {
+    [
+        count_rows(conn, "kubeclusters").await,
+        count_rows(conn, "operations").await,
+        count_rows(conn, "client_idempotency_keys").await,
+    ]
+}
+
+/// Moves `org`'s key `raw_key` past its retention, by the database's clock.
+async fn expire(conn: &mut diesel_async::AsyncPgConnection, org: &str, raw_key: &str) {
+    let updated = sql_query(
+        "UPDATE client_idempotency_keys SET expires_at = now() - interval '1 second' \
+         WHERE org_id = $1 AND key = $2",
+    )
+    .bind::<diesel::sql_types::Text, _>(org)
+    .bind::<diesel::sql_types::Text, _>(raw_key)
+    .execute(conn)
+    .await
+    .unwrap();
+    assert_eq!(updated, 1, "no key {raw_key:?} of {org}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_is_kept_with_its_founding_and_leads_back_to_the_operation_per_organization() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", Some("prod"), 3, now());
+    let founding = keyed(&record, "retry-1", "body-a");
+    repo.begin_founding(&founding).await.unwrap();
+    let journaled = format!("{}/security-group", founding.lease.operation);
+    repo.record_intents(
+        &founding.lease,
+        &[(ResourceKind::SecurityGroup, journaled.clone())],
+    )
+    .await
+    .unwrap();
+
+    let found = repo
+        .idempotent_operation(&record.org, &key("retry-1"))
+        .await
+        .unwrap()
+        .expect("the key was not kept");
+    assert_eq!(found.fingerprint, fingerprint("body-a"));
+    assert_eq!(found.operation.id, founding.lease.operation);
+    assert_eq!(found.operation.cluster_id, record.id);
+    assert_eq!(found.operation.org, record.org);
+    assert_eq!(found.operation.state, OperationState::Running);
+    assert_eq!(found.operation.journal.len(), 1);
+    assert_eq!(found.operation.journal[0].idempotency_key, journaled);
+    assert_eq!(
+        Some(found.operation),
+        repo.operation(founding.lease.operation).await.unwrap()
+    );
+    // Kept for `retain_for` from the founding's commit, by the database's clock.
+    let kept_for = texts(
+        &mut conn,
+        "SELECT extract(epoch FROM expires_at - created_at)::text AS value FROM client_idempotency_keys",
+    )
+    .await;
+    assert_eq!(
+        kept_for
+            .iter()
+            .map(|s| s.parse::<f64>().unwrap())
+            .collect::<Vec<_>>(),
+        [RETAIN.as_secs_f64()]
+    );
+    assert_eq!(
+        repo.idempotent_operation(&record.org, &key("retry-2"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Atomic with the founding: one refused (its name is taken) keeps no key.
+    let clash = cluster_record("org-a", Some("prod"), 1, now());
+    let err = repo
+        .begin_founding(&keyed(&clash, "retry-2", "body-clash"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        repo.idempotent_operation(&record.org, &key("retry-2"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(counts(&mut conn).await, [1, 1, 1]);
+
+    // Another organization's key of the same text is its own.
+    let other = cluster_record("org-b", Some("prod"), 1, now());
+    let other_founding = keyed(&other, "retry-1", "body-b");
+    repo.begin_founding(&other_founding).await.unwrap();
+    let theirs = repo
+        .idempotent_operation(&other.org, &key("retry-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.fingerprint, fingerprint("body-b"));
+    assert_eq!(theirs.operation.id, other_founding.lease.operation);
+    assert_eq!(theirs.operation.cluster_id, other.id);
+    let ours = repo
+        .idempotent_operation(&record.org, &key("retry-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours.operation.id, founding.lease.operation);
+    assert_eq!(ours.fingerprint, fingerprint("body-a"));
+    assert_eq!(counts(&mut conn).await, [2, 2, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_key_is_refused_before_the_name_and_writes_nothing() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut conn = db.connect().await;
+    let first = cluster_record("org-a", Some("prod"), 1, now());
+    let first_founding = keyed(&first, "retry-1", "body-a");
+    repo.begin_founding(&first_founding).await.unwrap();
+    let before = snapshot(&mut conn).await;
+    assert_eq!(counts(&mut conn).await, [1, 1, 1]);
+
+    // The same key with another name, and with the same name (a retry whose first attempt still
+    // holds the name): the key is what is taken, whatever the request.
+    for (name, body) in [("other", "body-a"), ("other", "body-b"), ("prod", "body-a")] {
+        let again = cluster_record("org-a", Some(name), 1, now());
+        let err = repo
+            .begin_founding(&keyed(&again, "retry-1", body))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RepoError::IdempotencyKeyTaken),
+            "{name}, {body}: expected IdempotencyKeyTaken, got {err:?}"
+        );
+        assert_eq!(counts(&mut conn).await, [1, 1, 1]);
+        assert_eq!(
+            snapshot(&mut conn).await,
+            before,
+            "a refused founding wrote something"
+        );
+    }
+    // The name alone is still a conflict, and keeps no key either.
+    let err = repo
+        .begin_founding(&keyed(
+            &cluster_record("org-a", Some("prod"), 1, now()),
+            "retry-2",
+            "body-a",
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::Conflict(_)), "{err:?}");
+    assert_eq!(snapshot(&mut conn).await, before);
+
+    let kept = repo
+        .idempotent_operation(&first.org, &key("retry-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.operation.id, first_founding.lease.operation);
+    assert_eq!(kept.fingerprint, fingerprint("body-a"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_foundings_sending_one_key_at_once_found_one_cluster() {
+    let db = TestDatabase::create().await;
+    let (one, two) = (repo(&db), repo(&db));
+    let mut conn = db.connect().await;
+    for round in 0..8 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let raw_key = format!("at-once-{round}");
+        let foundings = [
+            keyed(&cluster_record("org-a", None, 1, now()), &raw_key, "body"),
+            keyed(&cluster_record("org-a", None, 1, now()), &raw_key, "body"),
+        ];
+        let racing = [
+            (one.clone(), foundings[0].clone()),
+            (two.clone(), foundings[1].clone()),
+        ]
+        .map(|(replica, founding)| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                replica.begin_founding(&founding).await
+            })
+        });
+        let mut outcomes = Vec::new();
+        for task in racing {
+            outcomes.push(task.await.unwrap());
+        }
+        let winners: Vec<usize> = (0..2).filter(|&i| outcomes[i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let (winner, loser) = (winners[0], 1 - winners[0]);
+        assert!(
+            matches!(outcomes[loser], Err(RepoError::IdempotencyKeyTaken)),
+            "round {round}: {outcomes:?}"
+        );
+        let kept = one
+            .idempotent_operation(&foundings[winner].cluster.org, &key(&raw_key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.operation.id, foundings[winner].lease.operation);
+        assert_eq!(
+            one.operation(foundings[loser].lease.operation)
+                .await
+                .unwrap(),
+            None
+        );
+        let rounds = i64::from(round) + 1;
+        assert_eq!(counts(&mut conn).await, [rounds, rounds, rounds]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_founding_waits_for_another_ones_uncommitted_key_and_then_knows_whether_it_is_taken() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let holder = cluster_record("org-a", None, 1, now());
+    let holder_founding = founding(&holder);
+    repo.begin_founding(&holder_founding).await.unwrap();
+    let mut other = db.connect().await;
+
+    for commit in [false, true] {
+        // Another founding's transaction has written the key and not committed yet.
+        other
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO client_idempotency_keys (org_id, key, fingerprint, operation_id, \
+                 expires_at) VALUES ('org-a', 'contended', '{}', '{}', now() + interval '1 hour');",
+                fingerprint("first").as_str(),
+                holder_founding.lease.operation
+            ))
+            .await
+            .unwrap();
+        let waiting = tokio::spawn({
+            let repo = repo.clone();
+            let founding = keyed(
+                &cluster_record("org-a", None, 1, now()),
+                "contended",
+                "second",
+            );
+            async move { (repo.begin_founding(&founding).await, founding) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a founding with a key another one is writing did not wait for it"
+        );
+        other
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        let (outcome, founding) = waiting.await.unwrap();
+        let kept = repo
+            .idempotent_operation(&holder.org, &key("contended"))
+            .await
+            .unwrap()
+            .unwrap();
+        if commit {
+            assert!(
+                matches!(outcome, Err(RepoError::IdempotencyKeyTaken)),
+                "{outcome:?}"
+            );
+            assert_eq!(kept.operation.id, holder_founding.lease.operation);
+        } else {
+            // The other one gave up: the key was free after all.
+            outcome.unwrap();
+            assert_eq!(kept.operation.id, founding.lease.operation);
+            assert_eq!(kept.fingerprint, fingerprint("second"));
+            sql_query("DELETE FROM client_idempotency_keys")
+                .execute(&mut other)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_key_reads_as_absent_is_replaced_and_is_purged() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut conn = db.connect().await;
+    assert_eq!(repo.purge_idempotency_keys().await.unwrap(), 0);
+    let old = keyed(&cluster_record("org-a", None, 1, now()), "old", "first");
+    let fresh = keyed(&cluster_record("org-a", None, 1, now()), "fresh", "fresh");
+    let theirs = keyed(&cluster_record("org-b", None, 1, now()), "old", "theirs");
+    for founding in [&old, &fresh, &theirs] {
+        repo.begin_founding(founding).await.unwrap();
+    }
+    assert_eq!(repo.purge_idempotency_keys().await.unwrap(), 0);
+
+    expire(&mut conn, "org-a", "old").await;
+    let org_a = old.cluster.org.clone();
+    assert_eq!(
+        repo.idempotent_operation(&org_a, &key("old"))
+            .await
+            .unwrap(),
+        None,
+        "an expired key still leads to its operation"
+    );
+    // Only that one: the other organization's key of the same text, and the fresh key, stand.
+    assert_eq!(
+        repo.idempotent_operation(&theirs.cluster.org, &key("old"))
+            .await
+            .unwrap()
+            .unwrap()
+            .operation
+            .id,
+        theirs.lease.operation
+    );
+    assert!(
+        repo.idempotent_operation(&org_a, &key("fresh"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A new founding takes the expired key over, whatever its request.
+    let again = keyed(&cluster_record("org-a", None, 1, now()), "old", "second");
+    repo.begin_founding(&again).await.unwrap();
+    let replaced = repo
+        .idempotent_operation(&org_a, &key("old"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.operation.id, again.lease.operation);
+    assert_eq!(replaced.fingerprint, fingerprint("second"));
+    assert_eq!(counts(&mut conn).await, [4, 4, 3]);
+    // The replaced key's operation is still there, for the record.
+    assert!(repo.operation(old.lease.operation).await.unwrap().is_some());
+
+    // Purging forgets the expired keys only.
+    expire(&mut conn, "org-a", "fresh").await;
+    expire(&mut conn, "org-b", "old").await;
+    assert_eq!(repo.purge_idempotency_keys().await.unwrap(), 2);
+    assert_eq!(
+        texts(
+            &mut conn,
+            "SELECT org_id || ' ' || key AS value FROM client_idempotency_keys"
+        )
+        .await,
+        ["org-a old"]
+    );
+    assert_eq!(repo.purge_idempotency_keys().await.unwrap(), 0);
+    assert_eq!(counts(&mut conn).await, [4, 4, 1]);
+    // And a purged key is free.
+    repo.begin_founding(&keyed(
+        &cluster_record("org-a", None, 1, now()),
+        "fresh",
+        "again",
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_foundings_key_still_leads_to_the_failure() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", Some("doomed"), 1, now());
+    let founding = keyed(&record, "retry-1", "body");
+    repo.begin_founding(&founding).await.unwrap();
+    let (ca, sa) = trust_root_of(record.id);
+    repo.store_trust_root(&founding.lease, record.id, &ca, &sa)
+        .await
+        .unwrap();
+
+    repo.fail_operation(&founding.lease, &problem())
+        .await
+        .unwrap();
+
+    assert_eq!(counts(&mut conn).await, [0, 1, 1]);
+    let kept = repo
+        .idempotent_operation(&record.org, &key("retry-1"))
+        .await
+        .unwrap()
+        .expect("the failed founding's key is gone");
+    assert_eq!(kept.fingerprint, fingerprint("body"));
+    assert_eq!(kept.operation.id, founding.lease.operation);
+    assert_eq!(kept.operation.cluster_id, record.id);
+    assert_eq!(kept.operation.state, OperationState::Failed);
+    assert_eq!(kept.operation.problem, Some(problem()));
+    // The name is free again, the key is not: a retry is answered from the failure.
+    let err = repo
+        .begin_founding(&keyed(
+            &cluster_record("org-a", Some("doomed"), 1, now()),
+            "retry-1",
+            "body",
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::IdempotencyKeyTaken), "{err:?}");
+    repo.begin_founding(&keyed(
+        &cluster_record("org-a", Some("doomed"), 1, now()),
+        "retry-2",
+        "body",
+    ))
+    .await
+    .unwrap();
 }
 
 // ---- migrations -------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ use diesel::sql_query;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use plinth_diesel_pg::testing::{migrate_everything, url_for_database};
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
-use plinth_domain::model::{ClusterStatus, OperationState, ReplicaId, SecretText, VmId};
+use plinth_domain::model::{
+    ClusterStatus, IdempotencyKey, OperationState, ReplicaId, SecretText, VmId,
+};
 use plinth_domain::ports::operations::{Lease, Operations, ResourceKind};
-use plinth_domain::ports::repo::{NewClusterRecord, PageRequest, Repo, RepoError};
+use plinth_domain::ports::repo::{DnsOutcome, NewClusterRecord, PageRequest, Repo, RepoError};
 use plinth_domain::testing::{cluster_record, trust_root_of};
 use time::OffsetDateTime;
 
@@ -233,6 +235,28 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
     )
     .await;
     unavailable("reading the operation", repo.operation(lease.operation)).await;
+    unavailable(
+        "reading an idempotency key",
+        repo.idempotent_operation(&record.org, &IdempotencyKey::parse("retry-1").unwrap()),
+    )
+    .await;
+    unavailable("purging idempotency keys", repo.purge_idempotency_keys()).await;
+    unavailable(
+        "recording a DNS outcome",
+        repo.record_dns_outcome(
+            record.id,
+            &DnsOutcome {
+                configured: true,
+                error: None,
+            },
+        ),
+    )
+    .await;
+    unavailable(
+        "reading a root CA",
+        repo.cluster_root_ca(&record.org, record.id),
+    )
+    .await;
     unavailable(
         "claiming expired operations",
         repo.claim_expired(&ReplicaId::new("replica-b"), LEASE, 10),

@@ -7,6 +7,7 @@
 //! fixtures of `testing` (enable the `mocks` feature to use both from other crates).
 
 pub mod bootstrap;
+pub mod credentials;
 pub mod found_cluster;
 pub mod model;
 pub mod ports;

@@ -7,6 +7,7 @@
 //! - [`Recovery::sweep_orphans`] lists the platform's resources by plinth's tags and deletes
 //!   those whose cluster has neither a row nor a running operation, once they are older than a
 //!   grace period: belt and braces for a resource created but never journaled.
+//! - [`Recovery::purge_idempotency_keys`] forgets clients' idempotency keys past their retention.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -226,6 +227,16 @@ impl Recovery {
             ));
         }
         Ok(deleted)
+    }
+
+    /// Forgets the idempotency keys past their retention, so that a key can start anew; returns
+    /// how many.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn purge_idempotency_keys(&self) -> Result<usize, RepoError> {
+        let purged = self.operations.purge_idempotency_keys().await?;
+        Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 
     fn delete_orphan(

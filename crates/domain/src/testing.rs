@@ -1,6 +1,6 @@
 //! Fixtures in the domain's own types, for this crate's unit tests and, with the `mocks` feature,
-//! for other crates' tests: founding settings, stand-in certificates and keys, a cluster row, and
-//! an observer that records what it is told.
+//! for other crates' tests: founding settings, stand-in certificates and keys, a cluster row and
+//! its read-back, an operation, and an observer that records what it is told.
 //!
 //! They live here rather than in plinth-testkit because the domain's unit tests need them too,
 //! and a dev-dependency on testkit would build a second copy of this crate whose types do not
@@ -18,23 +18,24 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::credentials::CredentialsLifetime;
 use crate::found_cluster::{BootstrapBaseUrl, FoundingSettings};
 use crate::model::{
-    ClusterDefaults, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, ControlPlaneCount,
-    DnsZone, FlavorId, ImageId, Networking, OperationKind, OrgId, SecretText, SecurityGroupChoice,
-    SubnetId,
+    ClusterDefaults, ClusterDnsNames, ClusterId, ClusterName, ClusterSpec, ClusterStatus,
+    ControlPlaneCount, DnsZone, FlavorId, ImageId, Networking, OperationId, OperationKind,
+    OperationState, OrgId, ReplicaId, SecretText, SecurityGroupChoice, SubnetId,
 };
 use crate::ports::observer::Observer;
-use crate::ports::operations::ResourceKind;
+use crate::ports::operations::{OperationProblem, OperationRecord, ResourceKind};
 use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
-use crate::ports::repo::NewClusterRecord;
+use crate::ports::repo::{ClusterDetails, ClusterSecurityGroups, ClusterSummary, NewClusterRecord};
 
 /// The DNS zone of test foundings (PowerDNS tests create it; nothing outside resolves `.test`).
 pub const ZONE: &str = "k8s.plinth.test";
 
 /// Founding settings for tests: the compute service's `subnet-local` with its `m1.medium` and
 /// `debian-12`, [`ZONE`], kubeadm's networking, a 24 h bootstrap token and a 30 s address
-/// deadline polled every 100 ms. Tests that need other values write
+/// deadline polled every 100 ms, admin kubeconfigs that live a day. Tests that need other values write
 /// `FoundingSettings { vm_address_deadline: …, ..founding_settings() }`.
 pub fn founding_settings() -> FoundingSettings {
     FoundingSettings {
@@ -52,6 +53,7 @@ pub fn founding_settings() -> FoundingSettings {
         vm_address_poll_interval: Duration::from_millis(100),
         deadline: Duration::from_secs(600),
         max_in_flight: 8,
+        admin_lifetime: CredentialsLifetime::from_secs(86_400).unwrap(),
     }
 }
 
@@ -138,6 +140,57 @@ pub fn cluster_record(
         control_plane_dns_name: names.control_plane,
         ingress_wildcard_dns_name: names.ingress_wildcard,
         created_at,
+    }
+}
+
+/// `cluster` of `org` in `status` as [`crate::ports::repo::Repo::find_cluster`] reads it: named
+/// `prod`, three nodes' shape on [`founding_settings`]' defaults (no node rows listed), no DNS
+/// outcome. Tests that need nodes or a DNS outcome write `ClusterDetails { nodes, ..details }`.
+pub fn cluster_details(org: &str, cluster: ClusterId, status: ClusterStatus) -> ClusterDetails {
+    let record = cluster_record(org, Some("prod"), 3, OffsetDateTime::now_utc());
+    let names = ClusterDnsNames::new(cluster, &founding_settings().dns_zone);
+    ClusterDetails {
+        summary: ClusterSummary {
+            id: cluster,
+            name: record.spec.name.clone(),
+            status,
+            control_plane_count: 3,
+            control_plane_dns_name: names.control_plane,
+            created_at: record.created_at,
+        },
+        spec: record.spec,
+        security_groups: ClusterSecurityGroups {
+            attached: Vec::new(),
+            created: None,
+        },
+        networking: record.networking,
+        ingress_wildcard_dns_name: names.ingress_wildcard,
+        nodes: Vec::new(),
+        ca_cert_pem: Some("cert of ca".to_owned()),
+        dns: None,
+    }
+}
+
+/// A founding of `org` in `state` (with `problem` when it failed), at step `create_vms`, last
+/// held by `replica-b`, on a cluster of its own.
+pub fn operation_record(
+    org: &str,
+    state: OperationState,
+    problem: Option<OperationProblem>,
+) -> OperationRecord {
+    OperationRecord {
+        id: OperationId::new_random(),
+        kind: OperationKind::Found,
+        org: OrgId::parse(org).unwrap(),
+        cluster_id: ClusterId::new_random(),
+        state,
+        step: "create_vms".to_owned(),
+        owner: ReplicaId::new("replica-b"),
+        lease_expires_at: None,
+        problem,
+        started_at: OffsetDateTime::now_utc(),
+        ended_at: None,
+        journal: Vec::new(),
     }
 }
 

@@ -52,6 +52,7 @@ fn founding_trust_set(settings: &PkiSettings) {
         let kubelet = ClientCertRequest {
             common_name: format!("system:node:{name}"),
             organizations: vec!["system:nodes".to_owned()],
+            not_after: None,
         };
         sign_client_cert(settings, &ca.root, &kubelet).unwrap();
     }
@@ -61,6 +62,7 @@ fn founding_trust_set(settings: &PkiSettings) {
     let admin = ClientCertRequest {
         common_name: "kubernetes-admin".to_owned(),
         organizations: vec!["system:masters".to_owned()],
+        not_after: None,
     };
     sign_client_cert(settings, &ca.root, &admin).unwrap();
 }

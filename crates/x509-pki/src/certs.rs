@@ -6,7 +6,7 @@
 //! subject byte for byte; positive random serials of at most 20 octets; times in canonical form.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use const_oid::ObjectIdentifier;
 use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME, ORGANIZATIONAL_UNIT_NAME};
@@ -16,10 +16,12 @@ use der::pem::LineEnding;
 use der::{Any, Decode, DecodePem, Encode, EncodePem, Tag};
 use plinth_domain::model::{ClusterId, SubjectAltNames};
 use plinth_domain::ports::pki::{
-    CertifiedKey, ClientCertRequest, ClusterCa, PkiError, ServiceAccountKeyPair, ServingCertRequest,
+    CertificateFacts, CertifiedKey, ClientCertRequest, ClusterCa, PkiError, ServiceAccountKeyPair,
+    ServingCertRequest,
 };
 use plinth_domain::ports::{BoxError, context};
 use spki::SubjectPublicKeyInfoRef;
+use time::OffsetDateTime;
 use x509_cert::Certificate;
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::builder::CertificateBuilder;
@@ -61,7 +63,7 @@ pub fn create_cluster_ca(
         },
         &root_key,
         &root_key,
-        settings.ca_validity,
+        SystemTime::now() + settings.ca_validity,
     )?;
     let root = Issuer {
         key_id: subject_key_id(&root_cert),
@@ -94,7 +96,7 @@ fn create_intermediate(
         },
         &key,
         &root.key,
-        settings.ca_validity,
+        SystemTime::now() + settings.ca_validity,
     )?;
     Issuer {
         key_id: None,
@@ -137,10 +139,12 @@ pub fn sign_serving_cert(
         leaf_subject(&request.common_name, &[])?,
         usages,
         Some(subject_alt_names(&request.sans)?),
+        None,
     )
 }
 
-/// Signs a client certificate with a fresh key: clientAuth, CN = user, O = groups.
+/// Signs a client certificate with a fresh key: clientAuth, CN = user, O = groups, and the
+/// requested `notAfter` (to the second) or the configured leaf lifetime.
 pub fn sign_client_cert(
     settings: &PkiSettings,
     issuer: &CertifiedKey,
@@ -152,7 +156,25 @@ pub fn sign_client_cert(
         leaf_subject(&request.common_name, &request.organizations)?,
         vec![ID_KP_CLIENT_AUTH],
         None,
+        request.not_after.map(SystemTime::from),
     )
+}
+
+/// What a certificate says of itself: its serial (lowercase hex, without DER's sign octet) and
+/// `notAfter`.
+pub fn certificate_facts(cert_pem: &str) -> Result<CertificateFacts, PkiError> {
+    let cert = Certificate::from_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::InvalidRequest(format!("not a PEM certificate: {e}")))?;
+    let tbs = cert.tbs_certificate();
+    let serial = tbs.serial_number().as_bytes();
+    let serial = match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        all => all,
+    };
+    Ok(CertificateFacts {
+        serial_hex: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        not_after: OffsetDateTime::from(tbs.validity().not_after.to_system_time()),
+    })
 }
 
 fn sign_leaf(
@@ -161,8 +183,31 @@ fn sign_leaf(
     subject: Name,
     usages: Vec<ObjectIdentifier>,
     sans: Option<SubjectAltName>,
+    not_after: Option<SystemTime>,
 ) -> Result<CertifiedKey, PkiError> {
     let issuer = Issuer::load(issuer)?;
+    let now = SystemTime::now();
+    let not_after = match not_after {
+        None => now + settings.leaf_validity,
+        Some(asked) => {
+            let issuer_ends = issuer
+                .cert
+                .tbs_certificate()
+                .validity()
+                .not_after
+                .to_system_time();
+            if asked <= now {
+                return Err(PkiError::InvalidRequest("notAfter is in the past".into()));
+            }
+            if asked > issuer_ends {
+                // A chain is valid only while every certificate in it is.
+                return Err(PkiError::InvalidRequest(
+                    "notAfter is later than the issuer's own".into(),
+                ));
+            }
+            asked
+        }
+    };
     let key = KeyPair::generate(settings.key_algorithm)?;
     let cert = issue(
         settings,
@@ -178,7 +223,7 @@ fn sign_leaf(
         },
         &key,
         &issuer.key,
-        settings.leaf_validity,
+        not_after,
     )?;
     Ok(CertifiedKey {
         cert_pem: to_pem(&cert)?,
@@ -346,13 +391,13 @@ fn issue(
     profile: Profile,
     subject_key: &KeyPair,
     issuer_key: &KeyPair,
-    lifetime: Duration,
+    not_after: SystemTime,
 ) -> Result<Certificate, PkiError> {
     let failed = |what: &str, e: der::Error| PkiError::Failed(context(what, e));
     let now = SystemTime::now();
     let validity = Validity::new(
         Time::try_from(now - settings.backdate).map_err(|e| failed("notBefore", e))?,
-        Time::try_from(now + lifetime).map_err(|e| failed("notAfter", e))?,
+        Time::try_from(not_after).map_err(|e| failed("notAfter", e))?,
     );
     let serial = SerialNumber::generate(&mut rand::rng());
     let builder = CertificateBuilder::new(profile, serial, validity, subject_key.spki()?)

@@ -15,12 +15,13 @@ use async_trait::async_trait;
 use plinth_domain::model::ClusterId;
 use plinth_domain::ports::context;
 use plinth_domain::ports::pki::{
-    CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError, ServiceAccountKeyPair,
-    ServingCertRequest,
+    CertificateFacts, CertifiedKey, ClientCertRequest, ClusterCa, Pki, PkiError,
+    ServiceAccountKeyPair, ServingCertRequest,
 };
 
 pub use certs::{
-    create_cluster_ca, create_service_account_key, sign_client_cert, sign_serving_cert,
+    certificate_facts, create_cluster_ca, create_service_account_key, sign_client_cert,
+    sign_serving_cert,
 };
 pub use keys::{KeyAlgorithm, UnknownKeyAlgorithm};
 pub use settings::{PkiSettings, PkiSettingsError};
@@ -82,6 +83,10 @@ impl Pki for X509Pki {
         self.off_executor(move |s| sign_client_cert(s, &issuer, &request))
             .await
     }
+
+    fn certificate_facts(&self, cert_pem: &str) -> Result<CertificateFacts, PkiError> {
+        certificate_facts(cert_pem)
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +140,7 @@ mod tests {
         let request = ClientCertRequest {
             common_name: "x".into(),
             organizations: vec![],
+            not_after: None,
         };
         let mismatched = CertifiedKey {
             cert_pem: ca.root.cert_pem.clone(),
@@ -191,6 +197,7 @@ mod tests {
         let long_cn = ClientCertRequest {
             common_name: "x".repeat(256),
             organizations: vec![],
+            not_after: None,
         };
         let err = pki.sign_client_cert(&ca.root, &long_cn).await.unwrap_err();
         assert!(matches!(err, PkiError::InvalidRequest(_)), "{err}");

@@ -228,6 +228,7 @@ fn a_three_member_etcd_runs_on_the_adapters_certificates() {
         &ClientCertRequest {
             common_name: "kube-apiserver-etcd-client".into(),
             organizations: vec![],
+            not_after: None,
         },
     )
     .unwrap();

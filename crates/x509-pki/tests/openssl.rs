@@ -428,6 +428,7 @@ fn a_kubelet_subject_longer_than_x520s_64_characters_verifies_strictly() {
         &plinth_domain::ports::pki::ClientCertRequest {
             common_name: common_name.clone(),
             organizations: vec!["system:nodes".into()],
+            not_after: None,
         },
     )
     .unwrap();
@@ -441,4 +442,70 @@ fn a_kubelet_subject_longer_than_x520s_64_characters_verifies_strictly() {
         text.contains(&format!("Subject: O = system:nodes, CN = {common_name}")),
         "{text}"
     );
+}
+
+#[test]
+fn a_client_cert_ends_at_the_requested_second_and_its_facts_match_openssl() {
+    let scratch = Scratch::new("openssl-not-after");
+    let set = TrustSet::new(KeyAlgorithm::EcdsaP256, 1);
+    scratch.write_pair("ca", &set.ca.root);
+    let settings = support::settings(KeyAlgorithm::EcdsaP256);
+    // A time with a fraction of a second: notAfter holds whole seconds, the fraction is dropped.
+    let asked = time::OffsetDateTime::now_utc()
+        + time::Duration::seconds(3_600)
+        + time::Duration::milliseconds(750);
+    let request = |not_after| plinth_domain::ports::pki::ClientCertRequest {
+        common_name: "alice@example.com".into(),
+        organizations: vec!["system:masters".into()],
+        not_after,
+    };
+    let admin =
+        plinth_x509_pki::sign_client_cert(&settings, &set.ca.root, &request(Some(asked))).unwrap();
+    scratch.write_pair("alice", &admin);
+    assert_ok(
+        &verify(&scratch, "alice.crt", None, &["-purpose", "sslclient"]),
+        "admin client cert",
+    );
+
+    let facts = plinth_x509_pki::certificate_facts(&admin.cert_pem).unwrap();
+    assert_eq!(facts.not_after, asked.replace_nanosecond(0).unwrap());
+    let shown = assert_ok(
+        &openssl(&[
+            "x509",
+            "-noout",
+            "-enddate",
+            "-serial",
+            "-dateopt",
+            "iso_8601",
+            "-in",
+            path_str(&scratch.path("alice.crt")),
+        ]),
+        "openssl x509 -enddate -serial",
+    );
+    let end = facts
+        .not_after
+        .format(&time::format_description::well_known::Iso8601::DEFAULT)
+        .unwrap();
+    // openssl: `notAfter=2026-12-01 18:00:00Z`
+    let end = format!("notAfter={} {}Z", &end[..10], &end[11..19]);
+    assert!(shown.contains(&end), "{shown} does not show {end}");
+    let serial = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap()
+        .trim_start_matches('0')
+        .to_ascii_lowercase();
+    assert_eq!(facts.serial_hex.trim_start_matches('0'), serial);
+
+    // A past notAfter, or one beyond the issuer's, is refused.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let err = plinth_x509_pki::sign_client_cert(&settings, &set.ca.root, &request(Some(past)))
+        .unwrap_err();
+    assert!(err.to_string().contains("past"), "{err}");
+    let beyond = time::OffsetDateTime::now_utc() + time::Duration::days(365 * 20);
+    let err = plinth_x509_pki::sign_client_cert(&settings, &set.ca.root, &request(Some(beyond)))
+        .unwrap_err();
+    assert!(err.to_string().contains("issuer"), "{err}");
+    let err = plinth_x509_pki::certificate_facts("not a certificate").unwrap_err();
+    assert!(err.to_string().contains("PEM"), "{err}");
 }

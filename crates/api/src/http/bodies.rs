@@ -1,11 +1,15 @@
-//! What the cluster routes answer: the founded cluster, a listing page, one cluster.
+//! What the routes answer: the founded cluster, a listing page, one cluster, an operation,
+//! fresh credentials.
 
 use plinth_domain::found_cluster::{FoundedCluster, bootstrap_path_template};
-use plinth_domain::model::Networking;
+use plinth_domain::model::{ClusterId, Networking, OperationId, OperationKind, OperationState};
+use plinth_domain::ports::operations::OperationRecord;
 use plinth_domain::ports::repo::{ClusterDetails, ClusterSummary, NodePlacement};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
+
+use crate::problem::{ApiError, Problem};
 
 /// In-cluster networking.
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,6 +82,8 @@ pub struct DnsRecordBody {
 pub struct FoundedClusterBody {
     /// The new cluster.
     pub cluster_id: String,
+    /// The operation that founded it (`GET /operations/{id}`).
+    pub operation_id: String,
     /// Its name, if given.
     pub name: Option<String>,
     /// Its VMs, in node order.
@@ -107,6 +113,7 @@ impl From<FoundedCluster> for FoundedClusterBody {
     fn from(f: FoundedCluster) -> Self {
         Self {
             cluster_id: f.cluster_id.to_string(),
+            operation_id: f.operation_id.to_string(),
             name: f.name.map(|n| n.to_string()),
             vm_ids: f.vm_ids.iter().map(ToString::to_string).collect(),
             control_plane_dns_name: f.control_plane_dns_name,
@@ -207,6 +214,10 @@ pub struct ClusterBody {
     pub ca_cert: Option<String>,
     /// `/bootstrap/{cluster_id}/nodes/{node_name}`.
     pub bootstrap_path_template: String,
+    /// Whether plinth published the control-plane name; absent until the founding has tried.
+    pub dns_configured: Option<bool>,
+    /// Why not, when it did not.
+    pub dns_error: Option<String>,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -234,7 +245,74 @@ impl From<ClusterDetails> for ClusterBody {
             nodes: d.nodes.iter().map(NodeBody::from).collect(),
             ca_cert: d.ca_cert_pem,
             bootstrap_path_template: bootstrap_path_template(d.summary.id),
+            dns_configured: d.dns.as_ref().map(|dns| dns.configured),
+            dns_error: d.dns.and_then(|dns| dns.error),
             created_at: rfc3339(d.summary.created_at),
         }
     }
+}
+
+/// A long-running operation (a founding), as `GET /operations/{id}` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationBody {
+    /// Id.
+    pub operation_id: String,
+    /// `found`.
+    pub kind: String,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// The step it is at (or ended at), e.g. `create_vms`.
+    pub step: String,
+    /// Its cluster (gone again when a founding failed).
+    pub cluster_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339; absent while it runs.
+    pub ended_at: Option<String>,
+    /// Why it failed, as the request that ran it would have been answered.
+    pub problem: Option<Problem>,
+}
+
+impl OperationBody {
+    /// A founding that has just claimed its name, when its row cannot be read back.
+    pub fn started(operation: OperationId, cluster: ClusterId) -> Self {
+        Self {
+            operation_id: operation.to_string(),
+            kind: OperationKind::Found.to_string(),
+            state: OperationState::Running.to_string(),
+            step: "claim_name".to_owned(),
+            cluster_id: cluster.to_string(),
+            started_at: rfc3339(OffsetDateTime::now_utc()),
+            ended_at: None,
+            problem: None,
+        }
+    }
+}
+
+impl From<&OperationRecord> for OperationBody {
+    fn from(o: &OperationRecord) -> Self {
+        Self {
+            operation_id: o.id.to_string(),
+            kind: o.kind.to_string(),
+            state: o.state.to_string(),
+            step: o.step.clone(),
+            cluster_id: o.cluster_id.to_string(),
+            started_at: rfc3339(o.started_at),
+            ended_at: o.ended_at.map(rfc3339),
+            problem: o
+                .problem
+                .as_ref()
+                .map(|p| ApiError::from(p).problem().clone()),
+        }
+    }
+}
+
+/// A freshly issued admin kubeconfig.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialsBody {
+    /// kubeconfig YAML of a `system:masters` user named after the caller. Keep it secret: it
+    /// holds a private key.
+    pub kubeconfig: String,
+    /// When its client certificate expires (its `notAfter`), RFC 3339.
+    pub expires_at: String,
 }

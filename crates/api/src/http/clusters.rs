@@ -6,26 +6,38 @@ use plinth_domain::model::ClusterId;
 use plinth_domain::ports::repo::PageRequest;
 use serde::Deserialize;
 
-use super::bodies::{ClusterBody, ClusterPageBody, ClusterSummaryBody, FoundedClusterBody};
-use super::{AppState, create_body, cursor, read_json_body};
+use plinth_domain::found_cluster::{FoundedCluster, Replay, Submitted};
+use plinth_domain::model::Idempotency;
+
+use super::bodies::{
+    ClusterBody, ClusterPageBody, ClusterSummaryBody, FoundedClusterBody, OperationBody,
+};
+use super::{AppState, create_body, cursor, idempotency, read_json_body};
 use crate::auth::Caller;
 use crate::metrics::metrics;
-use crate::problem::{ApiError, FieldError, Problem, repo_error};
+use crate::problem::{ApiError, FieldError, IDEMPOTENT_REPLAYED, Problem, repo_error};
 
 /// How many clusters a page holds when the caller does not say.
 const DEFAULT_PAGE: u32 = 20;
 
 /// Found a cluster: its trust root, its control-plane VMs, its node records; answers with the
-/// admin kubeconfig. The organization comes from the bearer token.
+/// admin kubeconfig. The organization comes from the bearer token. With `Idempotency-Key`, a
+/// retry of the same request is answered from the first one; with `Prefer: respond-async`, the
+/// answer is the founding's operation as soon as it has claimed its name.
 #[utoipa::path(post, path = "/clusters", tag = "clusters", request_body = super::create_body::CreateClusterBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters, chosen by the client, kept per organization for `idempotency.retention_hours`. The same key with the same body (key order and white space aside) gets the first request's answer (`Idempotent-Replayed: true`): the same cluster with a newly minted admin kubeconfig, or the same problem."),
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 with the operation once the founding has claimed its name, and let it run; poll `Location`."),
+    ),
     responses(
-        (status = 201, description = "Founded", body = FoundedClusterBody, headers(("Location" = String))),
-        (status = 400, description = "Every broken rule of the body", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Founded (or the replay of a founding that succeeded)", body = FoundedClusterBody, headers(("Location" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 202, description = "`Prefer: respond-async`: the founding runs; poll `Location`", body = OperationBody, headers(("Location" = String, description = "/operations/{id}"), ("Preference-Applied" = String, description = "respond-async"))),
+        (status = 400, description = "Every broken rule of the body, and a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The name is taken in the organization", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken in the organization, or a request with this Idempotency-Key is still being processed (`idempotency-in-flight`, Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The compute service refused the request's subnet, groups, flavor or image", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The compute service refused the request's subnet, groups, flavor or image; or the Idempotency-Key was first used with another request (`idempotency-key-reused`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "This replica runs as many foundings as it may (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The trust material could not be made", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The compute service failed; what this request created was deleted", body = Problem, content_type = "application/problem+json"),
@@ -39,8 +51,12 @@ pub async fn create_cluster(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let key = idempotency::idempotency_key(&req);
     let body = read_json_body(&req, payload).await?;
     let (request, mut errors) = create_body::parse(&body)?;
+    if let Err(refused) = &key {
+        errors.insert(0, refused.clone());
+    }
     // The domain's rules, for the fields that parsed; a field already reported is not repeated.
     let spec = match request.validate(&state.foundings.settings().defaults) {
         Ok(spec) => Some(spec),
@@ -60,21 +76,102 @@ pub async fn create_cluster(
         metrics().outcome("invalid");
         return Err(ApiError::invalid(errors));
     };
+    let idempotency = match key {
+        Ok(Some(key)) => {
+            let parsed: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+            Some(Idempotency {
+                key,
+                fingerprint: idempotency::fingerprint("POST /clusters", &parsed),
+            })
+        }
+        _ => None,
+    };
+    let respond_async = idempotency::prefers_async(&req);
     // The founding runs as a task of its own: if this request goes away, it still finishes.
-    let founding = state.foundings.submit(caller.org.clone(), spec)?;
-    let founded = founding.await.map_err(|e| {
-        tracing::error!(error = %e, "a founding task did not finish");
-        ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the founding did not finish",
+    let submitted = state
+        .foundings
+        .submit(caller.org.clone(), spec, idempotency)
+        .await?;
+    match submitted {
+        Submitted::Started(started) if respond_async => {
+            let operation = state
+                .operations
+                .operation(started.operation)
+                .await
+                .ok()
+                .flatten();
+            let body = operation.as_ref().map_or_else(
+                || OperationBody::started(started.operation, started.cluster),
+                OperationBody::from,
+            );
+            Ok(accepted(body, false))
+        }
+        Submitted::Started(started) => {
+            let founded = started.outcome.await.map_err(|e| {
+                tracing::error!(error = %e, "a founding task did not finish");
+                ApiError::new(
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the founding did not finish",
+                )
+            })??;
+            Ok(founded_response(founded, false))
+        }
+        Submitted::Replayed(Replay::Founded(founded)) => {
+            metrics().outcome("replayed");
+            Ok(founded_response(*founded, true))
+        }
+        Submitted::Replayed(Replay::Failed(problem)) => {
+            metrics().outcome("replayed");
+            Err(ApiError::from(&problem).replayed())
+        }
+        Submitted::Replayed(Replay::InFlight(operation)) if respond_async => {
+            Ok(accepted(OperationBody::from(&*operation), true))
+        }
+        Submitted::Replayed(Replay::InFlight(operation)) => Err(ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "idempotency-in-flight",
+            format!(
+                "a request with this Idempotency-Key is still being processed (operation {}); \
+                 retry later for its answer",
+                operation.id
+            ),
         )
-    })??;
+        .retry_after(IN_FLIGHT_RETRY_AFTER_SECS)),
+    }
+}
+
+/// What `Retry-After` says while the first request with a key is still being processed: a
+/// founding takes seconds to minutes.
+const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 5;
+
+/// 201 with the founded cluster; `Idempotent-Replayed: true` when it answers a retry.
+fn founded_response(founded: FoundedCluster, replayed: bool) -> HttpResponse {
     let location = format!("/clusters/{}", founded.cluster_id);
-    Ok(HttpResponse::Created()
+    let mut response = HttpResponse::Created();
+    response
         .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(FoundedClusterBody::from(founded)))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    if replayed {
+        response.insert_header((IDEMPOTENT_REPLAYED, "true"));
+    }
+    response.json(FoundedClusterBody::from(founded))
+}
+
+/// 202 with the founding's operation, to poll at `Location`.
+fn accepted(operation: OperationBody, replayed: bool) -> HttpResponse {
+    let mut response = HttpResponse::Accepted();
+    response
+        .insert_header((
+            header::LOCATION,
+            format!("/operations/{}", operation.operation_id),
+        ))
+        .insert_header(("Preference-Applied", "respond-async"));
+    if replayed {
+        response.insert_header((IDEMPOTENT_REPLAYED, "true"));
+    }
+    response.json(operation)
 }
 
 /// Query of `GET /clusters`. Both are read as text so that a bad value is reported by name.

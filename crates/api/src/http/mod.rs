@@ -7,9 +7,12 @@ mod bodies;
 mod bootstrap;
 mod clusters;
 mod create_body;
+mod credentials;
 mod cursor;
 mod health;
+mod idempotency;
 pub mod openapi;
+mod operations;
 
 use std::sync::Arc;
 
@@ -20,7 +23,9 @@ use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, middleware, web};
 use futures::StreamExt as _;
 use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::credentials::IssueCredentials;
 use plinth_domain::found_cluster::Foundings;
+use plinth_domain::ports::operations::Operations;
 use plinth_domain::ports::repo::Repo;
 
 use crate::auth::Authenticator;
@@ -34,10 +39,14 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// The foundings of this replica (each runs as a task of its own).
     pub foundings: Foundings,
+    /// Admin credentials on demand.
+    pub credentials: IssueCredentials,
     /// The bootstrap bundle use case.
     pub bundles: FetchBundle,
     /// Cluster truth, for the reads and readiness.
     pub repo: Arc<dyn Repo>,
+    /// The operations journal, for `GET /operations/{id}`.
+    pub operations: Arc<dyn Operations>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,6 +95,16 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/clusters/{id}")
                 .route(web::get().to(clusters::get_cluster))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/clusters/{id}/credentials")
+                .route(web::post().to(credentials::issue_credentials))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/operations/{id}")
+                .route(web::get().to(operations::get_operation))
                 .default_service(web::to(method_not_allowed)),
         )
         .route(

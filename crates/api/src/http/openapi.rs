@@ -5,12 +5,13 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::bodies::{
-    ClusterBody, ClusterPageBody, ClusterSummaryBody, DnsRecordBody, FoundedClusterBody,
-    NetworkingBody, NodeBody,
+    ClusterBody, ClusterPageBody, ClusterSummaryBody, CredentialsBody, DnsRecordBody,
+    FoundedClusterBody, NetworkingBody, NodeBody, OperationBody,
 };
 use super::bootstrap::{BundleBody, BundleFileBody};
 use super::create_body::CreateClusterBody;
-use super::{bootstrap, clusters, health};
+use super::credentials::CredentialsRequestBody;
+use super::{bootstrap, clusters, credentials, health, operations};
 use crate::problem::{CleanupBody, FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -19,10 +20,11 @@ use crate::problem::{CleanupBody, FieldError, Problem};
         its control-plane VMs and its node records, with an admin kubeconfig in the answer. Each \
         VM fetches its own files from the bootstrap route. See docs/ARCHITECTURE.md §3."),
     paths(clusters::create_cluster, clusters::list_clusters, clusters::get_cluster,
+        credentials::issue_credentials, operations::get_operation,
         bootstrap::fetch_bundle, health::healthz, health::readyz, health::prometheus),
     components(schemas(CreateClusterBody, FoundedClusterBody, NetworkingBody, NodeBody, DnsRecordBody,
         ClusterPageBody, ClusterSummaryBody, ClusterBody, BundleBody, BundleFileBody, Problem, FieldError,
-        CleanupBody)),
+        CleanupBody, OperationBody, CredentialsBody, CredentialsRequestBody)),
     modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
@@ -207,5 +209,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retries_async_foundings_operations_and_credentials_are_documented() {
+        let doc = doc();
+        let post = &doc["paths"]["/clusters"]["post"];
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(headers, ["Idempotency-Key", "Prefer"]);
+        for status in ["201", "202", "409", "422"] {
+            assert!(post["responses"][status].is_object(), "{status}");
+        }
+        let operation = &doc["paths"]["/operations/{id}"]["get"];
+        assert!(operation["responses"]["200"].is_object());
+        let credentials = &doc["paths"]["/clusters/{id}/credentials"]["post"];
+        for status in ["201", "400", "403", "404", "409"] {
+            assert!(credentials["responses"][status].is_object(), "{status}");
+        }
+        let lifetime = &doc["components"]["schemas"]["CredentialsRequestBody"]["properties"]["expiration_seconds"];
+        assert_eq!(lifetime["minimum"], 600);
+        assert_eq!(lifetime["maximum"], 2_592_000);
     }
 }

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use plinth_diesel_pg::PgRepo;
 use plinth_domain::FoundCluster;
 use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::credentials::IssueCredentials;
 use plinth_domain::found_cluster::{FoundingPorts, Foundings, Leasing};
 use plinth_domain::model::ReplicaId;
 use plinth_domain::ports::Chain;
@@ -162,6 +163,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
         dns,
         observer: observer.clone(),
     };
+    let credentials =
+        IssueCredentials::new(repo.clone(), ports.pki.clone(), config.credentials_lifetime);
     let found = FoundCluster::new(ports, config.founding.clone(), leasing.clone());
     let recovery = Recovery::new(
         repo.clone(),
@@ -173,8 +176,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     let bundles = FetchBundle::new(repo.clone(), config.bundles.clone());
     Ok(Built {
         state: AppState {
-            foundings: Foundings::new(found),
+            foundings: Foundings::new(found, config.idempotency),
+            credentials,
             bundles,
+            operations: repo.clone(),
             repo,
         },
         authenticator,
@@ -208,11 +213,12 @@ where
     })
 }
 
-/// Starts this replica's background recovery: abandoned operations every scan interval, the
-/// orphan sweep every sweep interval.
+/// Starts this replica's background recovery: abandoned operations and expired idempotency keys
+/// every scan interval, the orphan sweep every sweep interval.
 fn start_recovery(config: &Config, recovery: &Arc<Recovery>) -> Vec<tokio::task::JoinHandle<()>> {
     let expired = Arc::clone(recovery);
     let orphans = Arc::clone(recovery);
+    let keys = Arc::clone(recovery);
     vec![
         every(
             config.recovery.scan_interval,
@@ -228,6 +234,14 @@ fn start_recovery(config: &Config, recovery: &Arc<Recovery>) -> Vec<tokio::task:
             move || {
                 let recovery = Arc::clone(&orphans);
                 async move { recovery.sweep_orphans().await }
+            },
+        ),
+        every(
+            config.recovery.scan_interval,
+            "idempotency keys past their retention forgotten",
+            move || {
+                let recovery = Arc::clone(&keys);
+                async move { recovery.purge_idempotency_keys().await }
             },
         ),
     ]

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use plinth_diesel_pg::{MasterKeySettings, PgSettings};
 use plinth_domain::bootstrap::BundleSettings;
-use plinth_domain::found_cluster::{FoundingSection, FoundingSettings};
+use plinth_domain::credentials::{CredentialsLifetime, CredentialsSection};
+use plinth_domain::found_cluster::{
+    FoundingSection, FoundingSettings, IdempotencySection, IdempotencySettings,
+};
 use plinth_domain::recovery::{RecoverySection, RecoverySettings};
 use plinth_domain::settings::SettingsError;
 use plinth_http_compute::HttpComputeSettings;
@@ -91,6 +94,8 @@ struct Sections {
     founding: FoundingSection,
     bootstrap: BundleSettings,
     recovery: RecoverySection,
+    idempotency: IdempotencySection,
+    credentials: CredentialsSection,
 }
 
 /// The checked configuration.
@@ -120,6 +125,10 @@ pub struct Config {
     pub bundles: BundleSettings,
     /// `[recovery]`, checked.
     pub recovery: RecoverySettings,
+    /// `[idempotency]`, checked.
+    pub idempotency: IdempotencySettings,
+    /// `[credentials]`: the lifetime of admin credentials whose request names none.
+    pub credentials_lifetime: CredentialsLifetime,
 }
 
 impl Config {
@@ -210,7 +219,14 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
     s.auth.check().map_err(|e| e.within("auth"))?;
     s.compute.check().map_err(|e| e.within("compute"))?;
     s.pki.check().map_err(|e| e.within("pki"))?;
-    let founding = s.founding.settings().map_err(|e| e.within("founding"))?;
+    let credentials_lifetime = s
+        .credentials
+        .default_lifetime()
+        .map_err(|e| e.within("credentials"))?;
+    let founding = s
+        .founding
+        .settings(credentials_lifetime)
+        .map_err(|e| e.within("founding"))?;
     if s.dns.mode == DnsMode::Powerdns {
         let powerdns = s.dns.powerdns.as_ref().ok_or_else(|| {
             SettingsError::new(
@@ -222,6 +238,10 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
     }
     let bundles = s.bootstrap.checked().map_err(|e| e.within("bootstrap"))?;
     let recovery = s.recovery.settings().map_err(|e| e.within("recovery"))?;
+    let idempotency = s
+        .idempotency
+        .settings()
+        .map_err(|e| e.within("idempotency"))?;
     Ok(Config {
         listen,
         server: s.server,
@@ -235,6 +255,8 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         founding,
         bundles,
         recovery,
+        idempotency,
+        credentials_lifetime,
     })
 }
 

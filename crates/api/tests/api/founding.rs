@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 
 use std::sync::Arc;
 
-use plinth_domain::found_cluster::FoundingSettings;
+use plinth_domain::found_cluster::{FoundingSettings, Submitted};
 use plinth_domain::model::{ClusterRequest, OrgId, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::compute::{
     Compute, ComputeError, IngressRule, MockCompute, NewSecurityGroup, NewVm, Subnet,
@@ -265,13 +265,16 @@ async fn beyond_max_in_flight_a_founding_is_429_with_retry_after() {
     let spec = ClusterRequest::default()
         .validate(&state.foundings.settings().defaults)
         .unwrap();
-    let running = state
+    let Ok(Submitted::Started(running)) = state
         .foundings
-        .submit(OrgId::parse("org-a").unwrap(), spec)
-        .unwrap();
+        .submit(OrgId::parse("org-a").unwrap(), spec, None)
+        .await
+    else {
+        panic!("the first founding did not start");
+    };
     let answer = send(&state, post_cluster("{}")).await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(answer.problem(), "too-many-foundings");
     assert_eq!(answer.header("retry-after"), "2");
-    running.abort();
+    running.outcome.abort();
 }

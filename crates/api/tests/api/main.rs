@@ -8,7 +8,9 @@
 mod auth;
 mod bodies;
 mod bootstrap;
+mod credentials;
 mod founding;
+mod idempotency;
 mod reads;
 mod service;
 mod support;

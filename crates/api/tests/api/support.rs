@@ -15,13 +15,16 @@ use plinth_api::auth::{AuthSettings, Authenticator};
 use plinth_api::http::{AppState, app};
 use plinth_domain::FoundCluster;
 use plinth_domain::bootstrap::{BundleSettings, FetchBundle};
-use plinth_domain::found_cluster::{FoundingPorts, FoundingSettings, Foundings, Leasing};
+use plinth_domain::credentials::IssueCredentials;
+use plinth_domain::found_cluster::{
+    FoundingPorts, FoundingSettings, Foundings, IdempotencySettings, Leasing,
+};
 use plinth_domain::model::{OrgId, ReplicaId, SecretText, SecurityGroupId, VmId};
 use plinth_domain::ports::compute::{Compute, ComputeError, MockCompute, Subnet};
 use plinth_domain::ports::dns::MockDns;
 use plinth_domain::ports::observer::Unobserved;
-use plinth_domain::ports::operations::MockOperations;
-use plinth_domain::ports::pki::{MockPki, PkiError};
+use plinth_domain::ports::operations::{MockOperations, Operations};
+use plinth_domain::ports::pki::{MockPki, Pki, PkiError};
 use plinth_domain::ports::repo::{MockRepo, RepoError, VmIdentity};
 use plinth_domain::testing::{certified, cluster_ca, service_account};
 use serde_json::Value;
@@ -147,11 +150,13 @@ impl Doubles {
         let dns = self
             .dns
             .map(|d| Arc::new(d) as Arc<dyn plinth_domain::ports::dns::Dns>);
+        let operations: Arc<dyn Operations> = Arc::new(self.operations);
+        let pki: Arc<dyn Pki> = Arc::new(self.pki);
         let ports = FoundingPorts {
             repo: repo.clone(),
-            operations: Arc::new(self.operations),
+            operations: operations.clone(),
             compute,
-            pki: Arc::new(self.pki),
+            pki: pki.clone(),
             dns,
             observer: Arc::new(Unobserved),
         };
@@ -159,10 +164,18 @@ impl Doubles {
             owner: ReplicaId::new("test-replica"),
             lease: Duration::from_secs(30),
         };
+        let lifetime = settings.admin_lifetime;
         web::Data::new(AppState {
-            foundings: Foundings::new(FoundCluster::new(ports, settings, leasing)),
+            foundings: Foundings::new(
+                FoundCluster::new(ports, settings, leasing),
+                IdempotencySettings {
+                    retention: Duration::from_secs(24 * 3600),
+                },
+            ),
+            credentials: IssueCredentials::new(repo.clone(), pki, lifetime),
             bundles: FetchBundle::new(repo.clone(), BundleSettings::default()),
             repo,
+            operations,
         })
     }
 }
@@ -358,6 +371,7 @@ pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
     d.operations
         .expect_fail_operation()
         .returning(|_, _| Ok(()));
+    d.repo.expect_record_dns_outcome().returning(|_, _| Ok(()));
     d.repo.expect_vm_identities().returning(move |ids| {
         when(fail == Fail::VmLookup, || {
             repo_error(RepoFault::Unavailable)

@@ -82,6 +82,7 @@ pub fn founding(record: &NewClusterRecord) -> NewFounding {
         lease: lease_of(REPLICA),
         lease_for: LEASE,
         cluster: record.clone(),
+        idempotency: None,
     }
 }
 
@@ -281,6 +282,7 @@ pub async fn snapshot(conn: &mut AsyncPgConnection) -> String {
         "clustercerts",
         "operations",
         "operation_journal",
+        "client_idempotency_keys",
     ] {
         let rows = texts(
             conn,

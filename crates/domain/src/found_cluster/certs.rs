@@ -2,9 +2,8 @@
 
 use futures::future::try_join_all;
 
-use super::{
-    FoundCluster, Founding, FoundingFailure, KubeconfigSpec, PlannedNode, render_kubeconfig,
-};
+use super::{FoundCluster, Founding, FoundingFailure, PlannedNode};
+use crate::credentials::{AdminKubeconfig, FOUNDING_ADMIN_USER, MintError};
 use crate::model::{SecretText, apiserver_sans, etcd_sans};
 use crate::ports::pki::{
     CertifiedKey, ClientCertRequest, ClusterCa, PkiError, ServingCertRequest, SharedClientCert,
@@ -12,10 +11,6 @@ use crate::ports::pki::{
 };
 use crate::ports::repo::{ApiServerNodeRecord, EtcdNodeRecord, NodePlacement};
 
-/// The admin client certificate's subject: a `system:masters` user, because plinth does not run
-/// `kubeadm init` and so cannot rely on the `kubeadm:cluster-admins` binding existing.
-const ADMIN_COMMON_NAME: &str = "kubernetes-admin";
-const ADMIN_GROUP: &str = "system:masters";
 const APISERVER_COMMON_NAME: &str = "kube-apiserver";
 const NODES_GROUP: &str = "system:nodes";
 
@@ -40,7 +35,7 @@ impl FoundCluster {
     /// at fetch time.
     pub(super) async fn sign_certs(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         ca: &ClusterCa,
         nodes: &[NodePlacement],
     ) -> Result<Signed, FoundingFailure> {
@@ -72,6 +67,7 @@ impl FoundCluster {
             let kubelet = ClientCertRequest {
                 common_name: format!("system:node:{}", node.name),
                 organizations: vec![NODES_GROUP.to_owned()],
+                not_after: None,
             };
             let kubelet = self
                 .client(&ca.root, &kubelet, || {
@@ -141,40 +137,37 @@ impl FoundCluster {
             })
     }
 
-    /// The admin client cert and its kubeconfig, for the shared name.
+    /// The admin client cert and its kubeconfig, for the shared name, living as long as the
+    /// deployment's default for admin credentials.
     async fn admin_kubeconfig(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         root: &CertifiedKey,
     ) -> Result<SecretText, FoundingFailure> {
-        let request = ClientCertRequest {
-            common_name: ADMIN_COMMON_NAME.to_owned(),
-            organizations: vec![ADMIN_GROUP.to_owned()],
-        };
-        let client = self
-            .client(root, &request, || "admin client".to_owned())
-            .await?;
-        let cluster_name = f.cluster_id.label();
-        let user_name = format!("{cluster_name}-admin");
-        let server = format!(
-            "https://{}:{}",
-            f.names.control_plane,
-            self.settings.networking.api_server_port()
-        );
-        render_kubeconfig(&KubeconfigSpec {
-            cluster_name: &cluster_name,
-            server: &server,
-            ca_cert_pem: &root.cert_pem,
-            user_name: &user_name,
-            client: &client,
-        })
-        .map_err(FoundingFailure::RenderKubeconfig)
+        let (kubeconfig, _) = AdminKubeconfig {
+            cluster: f.cluster_id,
+            control_plane_dns_name: &f.names.control_plane,
+            api_server_port: self.settings.networking.api_server_port(),
+            root,
+            user: FOUNDING_ADMIN_USER,
+            expires_at: self.settings.admin_lifetime.expiry_from(f.created_at),
+        }
+        .mint(self.ports.pki.as_ref())
+        .await
+        .map_err(|e| match e {
+            MintError::Sign(source) => FoundingFailure::SignCertificate {
+                certificate: "admin client".to_owned(),
+                source,
+            },
+            MintError::Render(why) => FoundingFailure::RenderKubeconfig(why),
+        })?;
+        Ok(kubeconfig)
     }
 
     /// The rows of the last transaction: one etcd row and one apiserver row per node.
     pub(super) fn node_rows(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         planned: &[PlannedNode],
         nodes: &[NodePlacement],
         certs: Vec<NodeCerts>,

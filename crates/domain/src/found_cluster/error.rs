@@ -458,6 +458,15 @@ impl FoundClusterError {
         }
     }
 
+    /// Whether the founding did not start because its idempotency key already stands for
+    /// another operation.
+    pub fn key_taken(&self) -> bool {
+        matches!(
+            self.failure(),
+            FoundingFailure::ClaimName(RepoError::IdempotencyKeyTaken)
+        )
+    }
+
     /// The failure as it is stored with the operation and shown to the caller.
     pub fn problem(&self) -> OperationProblem {
         let (kind, detail) = self.failure().classify();

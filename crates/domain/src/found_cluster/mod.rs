@@ -11,6 +11,7 @@
 mod certs;
 mod error;
 mod kubeconfig;
+mod replay;
 mod rollback;
 mod settings;
 mod supervisor;
@@ -32,9 +33,12 @@ pub use error::{
     CleanupReport, CreatedResource, FailureKind, FoundClusterError, FoundingFailure, FoundingStep,
 };
 pub use kubeconfig::{KubeconfigSpec, render_kubeconfig};
+pub use replay::{Replay, ReplayError};
 pub(crate) use rollback::roll_back;
 pub use settings::{FoundingSection, FoundingSettings};
-pub use supervisor::{Foundings, SubmitError};
+pub use supervisor::{
+    Foundings, IdempotencySection, IdempotencySettings, Started, SubmitError, Submitted,
+};
 pub use userdata::{
     BootstrapBaseUrl, bootstrap_path, bootstrap_path_template, render_userdata_shim,
 };
@@ -49,11 +53,11 @@ use crate::ports::compute::{Compute, IngressRule, NewSecurityGroup, NewVm, RuleP
 use crate::ports::dns::{AddressRecords, Dns};
 use crate::ports::observer::Observer;
 use crate::ports::operations::{
-    FoundingRows, JournalEntry, Lease, NewFounding, Operations, ResourceKind,
+    FoundingRows, IdempotencyClaim, JournalEntry, Lease, NewFounding, Operations, ResourceKind,
 };
 use crate::ports::pki::{ClusterCa, Pki, ServiceAccountKeyPair};
 use crate::ports::repo::{
-    ClusterSecurityGroups, NewClusterRecord, NodePlacement, Repo, RepoError, VmIdentity,
+    ClusterSecurityGroups, DnsOutcome, NewClusterRecord, NodePlacement, Repo, RepoError, VmIdentity,
 };
 
 /// Tag keys put on every VM and security group plinth creates.
@@ -160,6 +164,41 @@ pub struct FoundCluster {
     leasing: Leasing,
 }
 
+/// A founding to start.
+#[derive(Debug, Clone)]
+pub struct FoundingRequest {
+    /// For whom.
+    pub org: OrgId,
+    /// The checked request.
+    pub spec: ClusterSpec,
+    /// The client's idempotency key, to keep with the operation.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// A founding whose operation and name are committed: [`FoundCluster::complete`] runs the rest.
+pub struct Claimed(Founding);
+
+impl Claimed {
+    /// Its operation.
+    pub fn operation_id(&self) -> OperationId {
+        self.0.lease.operation
+    }
+
+    /// Its cluster.
+    pub fn cluster_id(&self) -> ClusterId {
+        self.0.cluster_id
+    }
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("operation", &self.0.lease.operation)
+            .field("cluster", &self.0.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A VM the founding asks for, with the token its shim holds.
 struct PlannedNode {
     ordinal: NodeOrdinal,
@@ -176,11 +215,11 @@ struct Prepared {
 }
 
 /// Per-founding facts every step reads, and what it has done so far.
-struct Founding<'a> {
+struct Founding {
     cluster_id: ClusterId,
     lease: Lease,
-    org: &'a OrgId,
-    spec: &'a ClusterSpec,
+    org: OrgId,
+    spec: ClusterSpec,
     names: ClusterDnsNames,
     created_at: OffsetDateTime,
     /// The step it is at, for the lease renewals and the error.
@@ -189,7 +228,7 @@ struct Founding<'a> {
     journal: Mutex<Vec<JournalEntry>>,
 }
 
-impl Founding<'_> {
+impl Founding {
     fn step(&self) -> FoundingStep {
         *self
             .step
@@ -229,14 +268,32 @@ impl FoundCluster {
     }
 
     /// Founds a cluster of shape `spec` (a request validated against [`Self::settings`]'
-    /// defaults) for `org`. On a hard stop nothing is committed and the VMs and security group
-    /// the founding created are deleted again (the error reports what could not be); if this
-    /// replica loses the operation, the one that takes it over does that.
+    /// defaults) for `org`: [`Self::claim`], then [`Self::complete`].
+    ///
+    /// # Errors
+    /// As those two.
     pub async fn found(
         &self,
         org: &OrgId,
         spec: ClusterSpec,
     ) -> Result<FoundedCluster, FoundClusterError> {
+        let claimed = self
+            .claim(FoundingRequest {
+                org: org.clone(),
+                spec,
+                idempotency: None,
+            })
+            .await?;
+        self.complete(claimed).await
+    }
+
+    /// Step 2: commits the founding's operation, its `provisioning` cluster row (claiming the
+    /// name) and the request's idempotency key, before any key is made or resource created.
+    ///
+    /// # Errors
+    /// A hard stop at step 2: the name is taken, the key stands for another operation
+    /// (`FoundClusterError::key_taken`), or the database failed. Nothing was written.
+    pub async fn claim(&self, request: FoundingRequest) -> Result<Claimed, FoundClusterError> {
         let cluster_id = ClusterId::new_random();
         let operation = OperationId::new_random();
         let f = Founding {
@@ -245,36 +302,59 @@ impl FoundCluster {
                 operation,
                 owner: self.leasing.owner.clone(),
             },
-            org,
-            spec: &spec,
             names: ClusterDnsNames::new(cluster_id, &self.settings.dns_zone),
+            org: request.org,
+            spec: request.spec,
             created_at: OffsetDateTime::now_utc(),
             step: Mutex::new(FoundingStep::ClaimName),
             journal: Mutex::default(),
         };
-        let span = info_span!("found_cluster", cluster_id = %cluster_id, operation = %operation, org = %org);
-        let result = self.run(&f).instrument(span).await;
-        let outcome = match &result {
-            Ok(_) => Some("succeeded".to_owned()),
-            // The replica that took the operation over reports how it ended.
-            Err(e) if matches!(e.failure(), FoundingFailure::Interrupted) => None,
-            Err(e) => Some(format!("failed_{}", e.step())),
-        };
-        if let Some(outcome) = outcome {
-            self.ports
-                .observer
-                .operation_ended(OperationKind::Found, &outcome);
+        let span = founding_span(&f);
+        let claimed = self
+            .begin(&f, request.idempotency)
+            .instrument(step_span(FoundingStep::ClaimName))
+            .instrument(span)
+            .await;
+        match claimed {
+            Ok(()) => Ok(Claimed(f)),
+            Err(failure) => {
+                let error = stopped(FoundingStep::ClaimName, failure, CleanupReport::default());
+                // A key taken by a founding that started at the same time is no founding of
+                // its own: the caller answers from the other one.
+                if !error.key_taken() {
+                    self.report_outcome(Err(&error));
+                }
+                Err(error)
+            }
         }
+    }
+
+    /// Steps 3 to 10 of a claimed founding. On a hard stop nothing is committed and the VMs and
+    /// security group the founding created are deleted again (the error reports what could
+    /// not be); if this replica loses the operation, the one that takes it over does that.
+    ///
+    /// # Errors
+    /// The step that stopped the founding, why, and what its cleanup did.
+    pub async fn complete(&self, claimed: Claimed) -> Result<FoundedCluster, FoundClusterError> {
+        let f = claimed.0;
+        let result = self.run(&f).instrument(founding_span(&f)).await;
+        self.report_outcome(result.as_ref().map(|_| ()));
         result
     }
 
-    async fn run(&self, f: &Founding<'_>) -> Result<FoundedCluster, FoundClusterError> {
-        self.claim(f)
-            .instrument(step_span(FoundingStep::ClaimName))
-            .await
-            .map_err(|failure| {
-                stopped(FoundingStep::ClaimName, failure, CleanupReport::default())
-            })?;
+    fn report_outcome(&self, result: Result<(), &FoundClusterError>) {
+        let outcome = match result {
+            Ok(()) => "succeeded".to_owned(),
+            // The replica that took the operation over reports how it ended.
+            Err(e) if matches!(e.failure(), FoundingFailure::Interrupted) => return,
+            Err(e) => format!("failed_{}", e.step()),
+        };
+        self.ports
+            .observer
+            .operation_ended(OperationKind::Found, &outcome);
+    }
+
+    async fn run(&self, f: &Founding) -> Result<FoundedCluster, FoundClusterError> {
         let deadline = self.settings.deadline;
         // Steps 3 to 7 under the deadline and the lease renewals; the commit after them, outside
         // both: it is one short transaction, and what it did must be read from its own answer
@@ -301,7 +381,11 @@ impl FoundCluster {
 
     /// Step 2: the operation and the `provisioning` cluster row, in one commit. A taken name is
     /// a conflict here, before any key is made or any resource created.
-    async fn claim(&self, f: &Founding<'_>) -> Result<(), FoundingFailure> {
+    async fn begin(
+        &self,
+        f: &Founding,
+        idempotency: Option<IdempotencyClaim>,
+    ) -> Result<(), FoundingFailure> {
         let founding = NewFounding {
             lease: f.lease.clone(),
             lease_for: self.leasing.lease,
@@ -314,6 +398,7 @@ impl FoundCluster {
                 ingress_wildcard_dns_name: f.names.ingress_wildcard.clone(),
                 created_at: f.created_at,
             },
+            idempotency,
         };
         self.ports
             .operations
@@ -326,7 +411,7 @@ impl FoundCluster {
     /// that fails otherwise is retried at the next tick: the lease may well still hold. At the
     /// commit a lost lease is no reason to stop: the commit itself ends the operation (so a
     /// renewal racing it finds it gone), and its own answer, fence and read-back decide.
-    async fn keep_lease(&self, f: &Founding<'_>) {
+    async fn keep_lease(&self, f: &Founding) {
         let every = (self.leasing.lease / 3).max(Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
@@ -349,7 +434,7 @@ impl FoundCluster {
     }
 
     /// Moves to `step`, noting it with the operation (and renewing the lease on the way).
-    async fn enter(&self, f: &Founding<'_>, step: FoundingStep) -> Result<(), FoundingFailure> {
+    async fn enter(&self, f: &Founding, step: FoundingStep) -> Result<(), FoundingFailure> {
         *f.step
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = step;
@@ -370,7 +455,7 @@ impl FoundCluster {
     }
 
     /// Steps 3 to 7, and the rows of the last transaction.
-    async fn forward(&self, f: &Founding<'_>) -> Result<Prepared, FoundingFailure> {
+    async fn forward(&self, f: &Founding) -> Result<Prepared, FoundingFailure> {
         self.enter(f, FoundingStep::CreateTrustRoot).await?;
         let ca = self
             .create_trust_root(f)
@@ -418,7 +503,7 @@ impl FoundCluster {
 
     /// Step 3: the cluster CA with its intermediates and the service-account key pair, stored
     /// sealed with the cluster row.
-    async fn create_trust_root(&self, f: &Founding<'_>) -> Result<ClusterCa, FoundingFailure> {
+    async fn create_trust_root(&self, f: &Founding) -> Result<ClusterCa, FoundingFailure> {
         let pki = &self.ports.pki;
         let ca = pki
             .create_cluster_ca(f.cluster_id)
@@ -439,7 +524,7 @@ impl FoundCluster {
     /// Writes down side effects about to happen.
     async fn intend(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         intents: &[(ResourceKind, String)],
     ) -> Result<(), FoundingFailure> {
         f.journal()
@@ -460,7 +545,7 @@ impl FoundCluster {
     /// own rollback deletes it even when the journal cannot be written).
     async fn created(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         key: &str,
         resource_id: &str,
     ) -> Result<(), FoundingFailure> {
@@ -478,7 +563,7 @@ impl FoundCluster {
     /// from anywhere.
     async fn resolve_security_groups(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
     ) -> Result<ClusterSecurityGroups, FoundingFailure> {
         let compute = &self.ports.compute;
         let groups = match &f.spec.security_groups {
@@ -533,7 +618,7 @@ impl FoundCluster {
         Ok(groups)
     }
 
-    fn plan_nodes(&self, f: &Founding<'_>, groups: &[SecurityGroupId]) -> Vec<PlannedNode> {
+    fn plan_nodes(&self, f: &Founding, groups: &[SecurityGroupId]) -> Vec<PlannedNode> {
         f.spec
             .control_plane_count
             .ordinals()
@@ -571,7 +656,7 @@ impl FoundCluster {
     /// failed.
     async fn create_vms(
         &self,
-        f: &Founding<'_>,
+        f: &Founding,
         planned: &[PlannedNode],
     ) -> Result<Vec<VmId>, FoundingFailure> {
         let intents: Vec<(ResourceKind, String)> = planned
@@ -653,7 +738,7 @@ impl FoundCluster {
 
     /// Steps 8 and 9: the one short transaction. When its outcome is not known, the operation
     /// is fenced before anything is undone (see `fence`).
-    async fn commit(&self, f: &Founding<'_>, rows: &FoundingRows) -> Result<(), FoundingFailure> {
+    async fn commit(&self, f: &Founding, rows: &FoundingRows) -> Result<(), FoundingFailure> {
         let ops = &self.ports.operations;
         let failed = match ops.finish_founding(&f.lease, rows).await {
             Ok(()) => return Ok(()),
@@ -674,7 +759,7 @@ impl FoundCluster {
 
     /// Moves the founding to its roll-back step. Renewing succeeds only while the operation
     /// still runs as this replica's, so once it has, no commit can happen any more.
-    async fn fence(&self, f: &Founding<'_>) -> Result<(), RepoError> {
+    async fn fence(&self, f: &Founding) -> Result<(), RepoError> {
         self.ports
             .operations
             .renew_lease(
@@ -687,7 +772,7 @@ impl FoundCluster {
 
     /// A hard stop: unless another replica owns the founding or the commit may have happened,
     /// fence the operation, delete what it made, and end it as failed.
-    async fn stop(&self, f: &Founding<'_>, failure: FoundingFailure) -> FoundClusterError {
+    async fn stop(&self, f: &Founding, failure: FoundingFailure) -> FoundClusterError {
         let step = f.step();
         tracing::warn!(step = %step, error = %Chain(&failure), "founding stopped");
         if !failure.rolls_back() {
@@ -721,7 +806,7 @@ impl FoundCluster {
     }
 
     /// Step 10, and the answer.
-    async fn answer(&self, f: &Founding<'_>, committed: Prepared) -> FoundedCluster {
+    async fn answer(&self, f: &Founding, committed: Prepared) -> FoundedCluster {
         let vm_ids = committed.nodes.iter().map(|n| n.vm_id.clone()).collect();
         let records = control_plane_records(&f.names.control_plane, &committed.nodes);
         let (dns_configured, dns_error) = self
@@ -729,6 +814,19 @@ impl FoundCluster {
             .instrument(step_span(FoundingStep::PublishDns))
             .await;
         tracing::info!(dns_configured, "cluster founded");
+        // Kept for a replay of this request, which answers as this one does.
+        let outcome = DnsOutcome {
+            configured: dns_configured,
+            error: dns_error.clone(),
+        };
+        if let Err(e) = self
+            .ports
+            .repo
+            .record_dns_outcome(f.cluster_id, &outcome)
+            .await
+        {
+            tracing::warn!(error = %Chain(&e), "noting the DNS outcome failed");
+        }
         FoundedCluster {
             cluster_id: f.cluster_id,
             operation_id: f.lease.operation,
@@ -774,11 +872,15 @@ fn stopped(
     }
 }
 
+fn founding_span(f: &Founding) -> tracing::Span {
+    info_span!("found_cluster", cluster_id = %f.cluster_id, operation = %f.lease.operation, org = %f.org)
+}
+
 fn step_span(step: FoundingStep) -> tracing::Span {
     info_span!("founding_step", step = step.as_str())
 }
 
-fn resource_tags(f: &Founding<'_>, ordinal: Option<NodeOrdinal>) -> Tags {
+fn resource_tags(f: &Founding, ordinal: Option<NodeOrdinal>) -> Tags {
     let mut tags = Tags::new();
     tags.insert(tags::ROLE.to_owned(), tags::ROLE_CONTROL_PLANE.to_owned());
     tags.insert(tags::CLUSTER_ID.to_owned(), f.cluster_id.to_string());

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::userdata::BootstrapBaseUrl;
+use crate::credentials::CredentialsLifetime;
 use crate::model::{
     ClusterDefaults, DnsZone, FlavorId, ImageId, InvalidValue, Networking, SubnetId,
 };
@@ -31,6 +32,8 @@ pub struct FoundingSettings {
     pub deadline: Duration,
     /// How many foundings one replica runs at once; beyond that, new ones are turned away.
     pub max_in_flight: usize,
+    /// How long the founding's admin kubeconfig works (`[credentials]`'s default).
+    pub admin_lifetime: CredentialsLifetime,
 }
 
 /// `[founding]` as configured; [`FoundingSection::settings`] checks it.
@@ -68,11 +71,15 @@ pub struct FoundingSection {
 }
 
 impl FoundingSection {
-    /// The checked settings; errors name their key within the section.
+    /// The checked settings; errors name their key within the section. The founding's admin
+    /// kubeconfig lives `admin_lifetime`, the deployment's default for admin credentials.
     ///
     /// # Errors
     /// The first key that cannot work.
-    pub fn settings(&self) -> Result<FoundingSettings, SettingsError> {
+    pub fn settings(
+        &self,
+        admin_lifetime: CredentialsLifetime,
+    ) -> Result<FoundingSettings, SettingsError> {
         fn parse<T>(key: &str, result: Result<T, InvalidValue>) -> Result<T, SettingsError> {
             result.map_err(|InvalidValue(reason)| SettingsError::new(key, reason))
         }
@@ -115,6 +122,7 @@ impl FoundingSection {
             deadline: seconds("deadline_secs", self.deadline_secs)?,
             max_in_flight: usize::try_from(positive("max_in_flight", self.max_in_flight as u64)?)
                 .unwrap_or(usize::MAX),
+            admin_lifetime,
         })
     }
 }

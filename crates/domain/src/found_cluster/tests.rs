@@ -22,14 +22,17 @@ use tokio::sync::{Barrier, watch};
 use tokio::time::Instant;
 
 use super::*;
+use crate::model::IdempotencyKey;
 use crate::model::{BootstrapTokenHash, SubnetId};
 use crate::ports::compute::{ComputeError, MockCompute, Subnet, TaggedResource};
 use crate::ports::dns::{DnsError, MockDns};
-use crate::ports::operations::{MockOperations, OperationProblem, OperationRecord};
+use crate::ports::operations::{
+    IdempotentOperation, MockOperations, OperationProblem, OperationRecord,
+};
 use crate::ports::pki::{
     ClientCertRequest, MockPki, PkiError, ServingCertRequest, SharedClientCert, SharedClientCerts,
 };
-use crate::ports::repo::{ApiServerNodeRecord, EtcdNodeRecord, MockRepo};
+use crate::ports::repo::{ApiServerNodeRecord, DnsOutcome, EtcdNodeRecord, MockRepo};
 use crate::testing::{
     RecordingObserver, ZONE, certified, cluster_ca, founding_settings, service_account,
 };
@@ -407,6 +410,7 @@ struct Captured {
     /// The last transaction committed: the operation no longer runs.
     committed: bool,
     dns_records: Option<AddressRecords>,
+    dns_outcome: Option<DnsOutcome>,
     problem: Option<OperationProblem>,
 }
 
@@ -1119,6 +1123,19 @@ fn mocks(s: &Scenario) -> Mocks {
             Some(dns)
         }
     };
+    // What step 10 did, kept for a replay of the request.
+    if s.ending() == Ending::Founded {
+        let captured = Arc::clone(&captured);
+        repo.expect_record_dns_outcome()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |cluster, outcome| {
+                let mut seen = captured.lock().unwrap();
+                assert_eq!(Some(cluster), seen.founding.as_ref().map(|f| f.cluster.id));
+                seen.dns_outcome = Some(outcome.clone());
+                Ok(())
+            });
+    }
 
     Mocks {
         repo,
@@ -1461,6 +1478,16 @@ impl Operations for StagedOperations {
     async fn live_clusters(&self, clusters: &[ClusterId]) -> Result<Vec<ClusterId>, RepoError> {
         self.inner.live_clusters(clusters).await
     }
+    async fn idempotent_operation(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotentOperation>, RepoError> {
+        self.inner.idempotent_operation(org, key).await
+    }
+    async fn purge_idempotency_keys(&self) -> Result<u64, RepoError> {
+        self.inner.purge_idempotency_keys().await
+    }
 }
 
 async fn found(s: &Scenario) -> Run {
@@ -1726,6 +1753,21 @@ async fn happy_path_claims_the_name_first_and_runs_every_step_in_order() {
         vec!["system:masters".to_owned()],
     ));
     assert_eq!(clients, expected);
+    // Only the admin's certificate ends at a time of its own: a day (the deployment's default
+    // for admin credentials) after the founding started, to the second.
+    let ends: Vec<Option<OffsetDateTime>> = seen
+        .client_requests
+        .iter()
+        .map(|(_, r)| r.not_after)
+        .collect();
+    let admin_ends = (cluster.created_at + time::Duration::days(1))
+        .replace_nanosecond(0)
+        .unwrap();
+    assert_eq!(ends.last(), Some(&Some(admin_ends)));
+    assert!(
+        ends[..ends.len() - 1].iter().all(Option::is_none),
+        "{ends:?}"
+    );
     let shared = seen.shared_certs();
     assert_eq!(
         shared.get(SharedClientCert::ApiserverEtcdClient),
@@ -1750,6 +1792,14 @@ async fn happy_path_claims_the_name_first_and_runs_every_step_in_order() {
     assert_eq!(records.ipv6.len(), 3);
     assert!(founded.dns_configured);
     assert_eq!(founded.dns_error, None);
+    assert_eq!(
+        seen.dns_outcome,
+        Some(DnsOutcome {
+            configured: true,
+            error: None
+        }),
+        "the DNS outcome is kept for a replay"
+    );
     assert_eq!(founded.vm_ids, [vm_id(1), vm_id(2), vm_id(3)]);
     assert_eq!(founded.name.unwrap().as_str(), "prod");
     assert_eq!(founded.nodes.len(), 3);

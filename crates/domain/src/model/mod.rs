@@ -1,6 +1,7 @@
 //! The cluster model: identifiers, the request shape and its rules, names, networking and SANs.
 
 mod bootstrap_token;
+mod idempotency;
 mod ids;
 mod naming;
 mod networking;
@@ -10,6 +11,7 @@ mod sans;
 mod secret;
 
 pub use bootstrap_token::{BootstrapToken, BootstrapTokenHash};
+pub use idempotency::{Idempotency, IdempotencyKey, RequestFingerprint};
 pub use ids::{
     ClusterId, ClusterName, DNS_LABEL_PATTERN, FlavorId, ImageId, InvalidValue, OrgId,
     PLATFORM_ID_PATTERN, SecurityGroupId, SubnetId, VmId,

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::model::{ClusterId, OperationId, OperationKind, OperationState, OrgId, ReplicaId};
+use crate::model::{
+    ClusterId, Idempotency, IdempotencyKey, OperationId, OperationKind, OperationState, OrgId,
+    ReplicaId, RequestFingerprint,
+};
 use crate::ports::pki::{ClusterCa, ServiceAccountKeyPair, SharedClientCerts};
 use crate::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, RepoError,
@@ -34,6 +37,27 @@ pub struct NewFounding {
     pub lease_for: Duration,
     /// The cluster, `provisioning` until the founding ends.
     pub cluster: NewClusterRecord,
+    /// The client's idempotency key, kept with the operation when it sent one.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// An idempotency key to keep with a new operation: a retried request that sends it again (from
+/// the same organization, within `retain_for`) is answered from that operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// The key and the request's fingerprint.
+    pub idempotency: Idempotency,
+    /// How long the key is kept, from the database's clock.
+    pub retain_for: Duration,
+}
+
+/// The operation an organization's idempotency key stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentOperation {
+    /// The fingerprint of the request that first sent the key.
+    pub fingerprint: RequestFingerprint,
+    /// The operation that request started.
+    pub operation: OperationRecord,
 }
 
 /// What kind of platform resource a journal entry is about.
@@ -133,11 +157,13 @@ pub struct FoundingRows {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait Operations: Send + Sync {
-    /// Commits the operation (running, leased) and the `provisioning` cluster row together.
+    /// Commits the operation (running, leased), the `provisioning` cluster row and the
+    /// idempotency key, if any, together. An expired key of the same organization is replaced.
     ///
     /// # Errors
-    /// `Conflict` when the name is taken in the organization (nothing is written), or
-    /// `Unavailable`.
+    /// `IdempotencyKeyTaken` when the organization's key stands for another operation (checked
+    /// before the name), `Conflict` when the name is taken in the organization (nothing is
+    /// written in either case), or `Unavailable`.
     async fn begin_founding(&self, founding: &NewFounding) -> Result<(), RepoError>;
 
     /// Extends the lease by `lease_for` from now (the database's clock) and notes the step the
@@ -246,4 +272,20 @@ pub trait Operations: Send + Sync {
     /// # Errors
     /// `Unavailable`.
     async fn live_clusters(&self, clusters: &[ClusterId]) -> Result<Vec<ClusterId>, RepoError>;
+
+    /// The operation `org`'s idempotency key stands for, unless the key has expired.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read.
+    async fn idempotent_operation(
+        &self,
+        org: &OrgId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotentOperation>, RepoError>;
+
+    /// Forgets idempotency keys past their retention; returns how many.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn purge_idempotency_keys(&self) -> Result<u64, RepoError>;
 }

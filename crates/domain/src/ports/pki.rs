@@ -1,6 +1,7 @@
 //! `Pki`: the cluster's trust material — CAs, the service-account signer, leaf certificates.
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 
 use super::BoxError;
 
@@ -130,6 +131,7 @@ impl SharedClientCert {
         ClientCertRequest {
             common_name: self.common_name().to_owned(),
             organizations: self.group().map(str::to_owned).into_iter().collect(),
+            not_after: None,
         }
     }
 }
@@ -205,6 +207,17 @@ pub struct ClientCertRequest {
     pub common_name: String,
     /// Subject O values: the Kubernetes groups, e.g. `system:masters`.
     pub organizations: Vec<String>,
+    /// `notAfter`, to the second; `None`: the adapter's configured leaf lifetime.
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// What a certificate says of itself, for audit records and expiry reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The serial number, lowercase hex.
+    pub serial_hex: String,
+    /// `notAfter`.
+    pub not_after: OffsetDateTime,
 }
 
 /// Why trust material could not be made.
@@ -252,10 +265,17 @@ pub trait Pki: Send + Sync {
     /// Signs a client certificate (clientAuth) with a fresh key.
     ///
     /// # Errors
-    /// As for a serving certificate.
+    /// As for a serving certificate; also `InvalidRequest` for a `not_after` that is past or
+    /// beyond the issuer's own.
     async fn sign_client_cert(
         &self,
         issuer: &CertifiedKey,
         request: &ClientCertRequest,
     ) -> Result<CertifiedKey, PkiError>;
+
+    /// Reads a certificate's serial and expiry.
+    ///
+    /// # Errors
+    /// `InvalidRequest` when `cert_pem` is not a certificate.
+    fn certificate_facts(&self, cert_pem: &str) -> Result<CertificateFacts, PkiError>;
 }

@@ -165,6 +165,18 @@ pub struct ClusterDetails {
     /// Root CA certificate (public), for clients that want to trust the cluster; none until the
     /// founding has made it.
     pub ca_cert_pem: Option<String>,
+    /// Whether the founding published the control-plane name; none until it has tried (or if
+    /// its replica stopped before it could say).
+    pub dns: Option<DnsOutcome>,
+}
+
+/// What step 10 did about the control plane's DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsOutcome {
+    /// The name was published.
+    pub configured: bool,
+    /// Why it was not, when it was not.
+    pub error: Option<String>,
 }
 
 /// Where a page of clusters starts: after this (created_at, id), newest first.
@@ -207,6 +219,10 @@ pub enum RepoError {
     /// The database could not be reached, or the connection was lost.
     #[error("database unavailable")]
     Unavailable(#[source] BoxError),
+    /// The organization's idempotency key already stands for another operation (one that
+    /// started at the same time, say): answer from that one.
+    #[error("the idempotency key is taken")]
+    IdempotencyKeyTaken,
     /// The operation is no longer this replica's: its lease expired and another replica took
     /// it over (or it ended). The caller must stop working on it.
     #[error("the operation's lease is no longer held by this replica")]
@@ -251,6 +267,28 @@ pub trait Repo: Send + Sync {
     /// # Errors
     /// `Unavailable`, or `Unexpected` for a row that cannot be read.
     async fn vm_identities(&self, ids: &[VmId]) -> Result<Vec<VmIdentity>, RepoError>;
+
+    /// Notes what step 10 did about the cluster's DNS name (after its founding ended, so no
+    /// lease is involved); a cluster that is gone is no error.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn record_dns_outcome(
+        &self,
+        cluster: ClusterId,
+        outcome: &DnsOutcome,
+    ) -> Result<(), RepoError>;
+
+    /// The root CA of one of an organization's clusters, key opened, for signing a client
+    /// certificate; `None` for another organization's cluster, or one without trust material.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a sealed key that does not open.
+    async fn cluster_root_ca(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+    ) -> Result<Option<CertifiedKey>, RepoError>;
 
     /// What node `node` of `cluster` needs to boot, keys opened; `None` if there is no such
     /// node. (Callers must check the node's bootstrap token before using any of it.)

@@ -165,6 +165,7 @@ impl TrustSet {
             let request = ClientCertRequest {
                 common_name: cn.to_owned(),
                 organizations: orgs.iter().map(|o| (*o).to_owned()).collect(),
+                not_after: None,
             };
             sign_client_cert(&settings, issuer, &request).unwrap()
         };
