@@ -35,6 +35,10 @@ pub struct FleetOptions {
     pub dns_timeout_ms: u64,
     /// `recovery.orphan_grace_secs`.
     pub orphan_grace_secs: u64,
+    /// `bootstrap.token_reuse_window_secs`.
+    pub token_reuse_window_secs: u64,
+    /// `founding.deadline_secs` (a deletion's bound too).
+    pub deadline_secs: u64,
 }
 
 impl Default for FleetOptions {
@@ -46,6 +50,8 @@ impl Default for FleetOptions {
             dns_hangs: false,
             dns_timeout_ms: 60_000,
             orphan_grace_secs: 3600,
+            token_reuse_window_secs: 600,
+            deadline_secs: 600,
         }
     }
 }
@@ -80,6 +86,19 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The content of the file at `/etc/kubernetes/pki/<path>` in a JSON bundle.
+pub fn pki_file(bundle: &Value, path: &str) -> String {
+    bundle["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == format!("/etc/kubernetes/pki/{path}"))
+        .unwrap_or_else(|| panic!("no {path} in the bundle"))["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The `plinth` binary the workspace built (beside this test binary's directory).
@@ -158,6 +177,13 @@ request_timeout_ms = 60000
 dns_zone = "{ZONE}"
 vm_address_deadline_secs = 10
 vm_address_poll_ms = 50
+deadline_secs = {deadline}
+
+[bootstrap]
+kubernetes_version = "v1.32.4"
+image_repository = "registry.k8s.io"
+etcd_image = "registry.k8s.io/etcd:3.5.16-0"
+token_reuse_window_secs = {reuse}
 
 [recovery]
 lease_secs = {lease}
@@ -174,6 +200,8 @@ orphan_sweep_interval_secs = 1
             compute = sim.base_url(),
             lease = options.lease_secs,
             grace = options.orphan_grace_secs,
+            deadline = options.deadline_secs,
+            reuse = options.token_reuse_window_secs,
         );
         write(&dir, "fleet.toml", &config);
         Self {
@@ -251,6 +279,26 @@ orphan_sweep_interval_secs = 1
         let text = response.text().await.unwrap();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, headers, value)
+    }
+
+    /// The userdata shim of VM `vm_id`, as the compute service holds it.
+    pub async fn user_data(&self, vm_id: &str) -> String {
+        let vm = compute_get(&self.client, &self.sim, &format!("/v1/vms/{vm_id}")).await;
+        vm["user_data"].as_str().unwrap().to_owned()
+    }
+
+    /// A node's bundle as JSON, fetched as the node does with `token` from `url`.
+    pub async fn fetch_bundle(&self, url: &str, token: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(token)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// A file in the fleet's scratch directory.

@@ -12,8 +12,7 @@ use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::fleet::{Fleet, FleetOptions, Replica};
-use crate::support::compute_get;
+use crate::fleet::{Fleet, FleetOptions, Replica, pki_file};
 use crate::tls::{
     assert_kubectl_accepted, kubeconfig_parts, kubectl_through_s_server, verified_client,
 };
@@ -68,6 +67,14 @@ fn without_kubeconfig(answer: &Value) -> Value {
     answer
 }
 
+/// A `KEY=value` line of a userdata shim.
+pub fn shim_value(shim: &str, key: &str) -> String {
+    shim.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in the shim"))
+        .to_owned()
+}
+
 /// Node 1's apiserver certificate and key, fetched as the node does (its token from its
 /// userdata at the compute service), written to `dir`.
 async fn apiserver_identity(
@@ -75,37 +82,16 @@ async fn apiserver_identity(
     founded: &Value,
     label: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let vm = founded["nodes"][0]["vm_id"].as_str().unwrap();
-    let vm = compute_get(&fleet.client, &fleet.sim, &format!("/v1/vms/{vm}")).await;
-    let shim = vm["user_data"].as_str().unwrap();
-    let line = |key: &str| {
-        shim.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap()
-            .to_owned()
-    };
-    let bundle: Value = fleet
-        .client
-        .get(line("PLINTH_BOOTSTRAP_URL"))
-        .bearer_auth(line("PLINTH_BOOTSTRAP_TOKEN"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let file = |name: &str| {
-        bundle["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["path"] == format!("/etc/kubernetes/pki/{name}"))
-            .unwrap_or_else(|| panic!("no {name} in the bundle"))["content"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let shim = fleet
+        .user_data(founded["nodes"][0]["vm_id"].as_str().unwrap())
+        .await;
+    let (_, bundle) = fleet
+        .fetch_bundle(
+            &shim_value(&shim, "PLINTH_BOOTSTRAP_URL"),
+            &shim_value(&shim, "PLINTH_BOOTSTRAP_TOKEN"),
+        )
+        .await;
+    let file = |path: &str| pki_file(&bundle, path);
     (
         fleet.scratch(&format!("{label}/apiserver.crt"), &file("apiserver.crt")),
         fleet.scratch(&format!("{label}/apiserver.key"), &file("apiserver.key")),

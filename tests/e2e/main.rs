@@ -10,5 +10,6 @@ mod clusters;
 mod durability;
 mod fleet;
 mod idempotency;
+mod lifecycle;
 mod support;
 mod tls;

@@ -38,6 +38,7 @@ pub struct Metrics {
     operations: IntCounterVec,
     recoveries: IntCounterVec,
     orphans: IntCounterVec,
+    bootstrap_fetches: IntCounterVec,
     in_flight: IntGauge,
 }
 
@@ -98,6 +99,14 @@ impl Metrics {
             ),
             &["kind"],
         );
+        let bootstrap_fetches = IntCounterVec::new(
+            Opts::new(
+                "plinth_bootstrap_fetches_total",
+                "Bootstrap bundle fetches, by outcome: ok, refused (no such node, a wrong or \
+                 expired token), burned (a genuine token past its reuse window), error.",
+            ),
+            &["outcome"],
+        );
         let in_flight = IntGauge::new(
             "plinth_foundings_in_flight",
             "Foundings this replica runs now.",
@@ -111,9 +120,18 @@ impl Metrics {
             Ok(operations),
             Ok(recoveries),
             Ok(orphans),
+            Ok(bootstrap_fetches),
             Ok(in_flight),
         ) = (
-            requests, latencies, steps, outcomes, operations, recoveries, orphans, in_flight,
+            requests,
+            latencies,
+            steps,
+            outcomes,
+            operations,
+            recoveries,
+            orphans,
+            bootstrap_fetches,
+            in_flight,
         )
         else {
             unreachable!("the metric definitions are constant and valid")
@@ -126,6 +144,7 @@ impl Metrics {
             Box::new(operations.clone()),
             Box::new(recoveries.clone()),
             Box::new(orphans.clone()),
+            Box::new(bootstrap_fetches.clone()),
             Box::new(in_flight.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
@@ -141,8 +160,14 @@ impl Metrics {
             operations,
             recoveries,
             orphans,
+            bootstrap_fetches,
             in_flight,
         }
+    }
+
+    /// Counts one bootstrap bundle fetch by its outcome.
+    pub fn bootstrap_fetch(&self, outcome: &str) {
+        self.bootstrap_fetches.with_label_values(&[outcome]).inc();
     }
 
     /// Counts one answered request.

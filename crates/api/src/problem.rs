@@ -5,8 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use plinth_domain::FoundClusterError;
-use plinth_domain::bootstrap::FetchBundleError;
+use plinth_domain::bootstrap::{FetchBundleError, ReissueError};
 use plinth_domain::credentials::CredentialsError;
+use plinth_domain::delete_cluster::DeleteError;
 use plinth_domain::found_cluster::{FailureKind, ReplayError, SubmitError};
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::operations::OperationProblem;
@@ -215,7 +216,9 @@ impl From<FetchBundleError> for ApiError {
     fn from(e: FetchBundleError) -> Self {
         match e {
             // One answer for every refusal, so a caller learns nothing about what exists.
-            FetchBundleError::Unauthorized => ApiError::unauthorized("invalid bootstrap token"),
+            FetchBundleError::Unauthorized | FetchBundleError::Burned => {
+                ApiError::unauthorized("invalid bootstrap token")
+            }
             FetchBundleError::Unavailable(why) => repo_error(&why),
             other => {
                 tracing::error!(error = %Chain(&other), "bootstrap bundle cannot be rendered");
@@ -238,10 +241,13 @@ fn status_of(kind: FailureKind) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         FailureKind::ComputeRefused => StatusCode::UNPROCESSABLE_ENTITY,
-        FailureKind::ComputeFailed | FailureKind::VmLookupFailed => StatusCode::BAD_GATEWAY,
+        FailureKind::ComputeFailed | FailureKind::VmLookupFailed | FailureKind::DnsFailed => {
+            StatusCode::BAD_GATEWAY
+        }
         FailureKind::ComputeTimeout
         | FailureKind::VmAddressesTimeout
-        | FailureKind::FoundingDeadline => StatusCode::GATEWAY_TIMEOUT,
+        | FailureKind::FoundingDeadline
+        | FailureKind::DeletionDeadline => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
@@ -331,6 +337,45 @@ impl From<CredentialsError> for ApiError {
             other => {
                 tracing::error!(error = %Chain(&other), "issuing admin credentials failed");
                 internal("the credentials could not be issued")
+            }
+        }
+    }
+}
+
+impl From<DeleteError> for ApiError {
+    fn from(e: DeleteError) -> Self {
+        match e {
+            DeleteError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DeleteError::StillFounding(why) => ApiError::new(
+                StatusCode::CONFLICT,
+                "cluster-provisioning",
+                format!("{why}; delete it once it is ready"),
+            )
+            .retry_after(RETRY_AFTER_SECS),
+            DeleteError::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was first sent with another request; use a new key for a \
+                 new request",
+            ),
+            DeleteError::Unavailable(e) => e.into(),
+            DeleteError::Database(e) => repo_error(&e),
+            other => {
+                tracing::error!(error = %Chain(&other), "a deletion could not be started");
+                internal("the deletion could not be started")
+            }
+        }
+    }
+}
+
+impl From<ReissueError> for ApiError {
+    fn from(e: ReissueError) -> Self {
+        match e {
+            ReissueError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            ReissueError::Database(e) => repo_error(&e),
+            other => {
+                tracing::error!(error = %Chain(&other), "re-issuing a bootstrap token failed");
+                internal("the token could not be issued")
             }
         }
     }

@@ -2,9 +2,9 @@
 //! `apiservernodes`), read access to the compute service's `vms`, on diesel-async with a
 //! deadpool pool.
 //!
-//! It implements two ports: `Repo` (what the API and the boot path read) and `Operations` (the
-//! journal a founding writes step by step, each write one short transaction; see
-//! [`operations`]). No transaction is held across anything but its own statements. Every
+//! It implements two ports: `Repo` (what the API and the boot path read, and the boot path's
+//! bootstrap-token bookkeeping) and `Operations` (the journal a founding or a deletion writes
+//! step by step, each write one short transaction; see [`operations`]). No transaction is held across anything but its own statements. Every
 //! database call is bounded: getting a connection, connecting, and each statement have timeouts
 //! on plinth's side, and every pooled connection also carries server-side `statement_timeout`,
 //! `lock_timeout` and `idle_in_transaction_session_timeout`, so a database that is gone or hung
@@ -43,8 +43,8 @@ use plinth_domain::ports::pki::{
     CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts,
 };
 use plinth_domain::ports::repo::{
-    BootstrapMaterial, ClusterDetails, ClusterPage, DnsOutcome, PageCursor, PageRequest, Repo,
-    RepoError, VmIdentity,
+    BootstrapMaterial, ClusterDetails, ClusterPage, DnsOutcome, NamedCertificate, PageCursor,
+    PageRequest, Repo, RepoError, VmIdentity,
 };
 use plinth_domain::settings::SettingsError;
 
@@ -52,9 +52,10 @@ pub use envelope::{Envelope, EnvelopeError, MasterKeyError, SealedRow, Slot};
 pub use settings::{MasterKeySettings, PgSettings};
 
 use crate::errors::{pool_error, query_error, timed_out};
+use crate::operations::db_now;
 use crate::rows::{
-    ApiServerSecretsRow, ClusterCertRow, ClusterDetailsRow, ClusterSecretsRow, ClusterSummaryRow,
-    NodeRow, VmRow,
+    ApiServerCertsRow, ApiServerSecretsRow, ClusterCertRow, ClusterDetailsRow, ClusterSecretsRow,
+    ClusterSummaryRow, EtcdCertRow, NodeRow, VmRow,
 };
 use crate::schema::{apiservernodes, clustercerts, etcdnodes, kubeclusters, vms};
 
@@ -380,6 +381,12 @@ impl Repo for PgRepo {
                     .sql(")"),
             );
         }
+        if let Some(before) = page.expiring_before {
+            // A cluster without an expiry (provisioning, or founded before plinth kept it) is
+            // never selected: NULL is before nothing. The keyset order is unchanged, so the
+            // cursor pages the filtered list as it pages the whole one.
+            query = query.filter(kubeclusters::certificates_expire_at.lt(before));
+        }
         let mut rows: Vec<ClusterSummaryRow> =
             tokio::time::timeout(self.statement_timeout, query.load(&mut *conn))
                 .await
@@ -463,6 +470,150 @@ impl Repo for PgRepo {
         Ok(Some(CertifiedKey { cert_pem, key_pem }))
     }
 
+    async fn note_bootstrap_fetch(
+        &self,
+        cluster: ClusterId,
+        node: &NodeName,
+        token: &BootstrapTokenHash,
+    ) -> Result<(), RepoError> {
+        const DOING: &str = "noting a bootstrap token's first use";
+        let mut conn = self.connection(DOING).await?;
+        // The first fetch with this very token only: a later one keeps the first time (the
+        // reuse window runs from it), and a token replaced meanwhile is another token, whose
+        // first use this is not. Matching no row (a node or cluster gone since) is no error.
+        let query = diesel::update(
+            apiservernodes::table
+                .filter(apiservernodes::cluster_id.eq(cluster.as_uuid()))
+                .filter(apiservernodes::node_name.eq(node.as_str()))
+                .filter(apiservernodes::bootstrap_token_hash.eq(token.as_str()))
+                .filter(apiservernodes::bootstrap_token_first_used_at.is_null()),
+        )
+        .set(apiservernodes::bootstrap_token_first_used_at.eq(db_now()));
+        tokio::time::timeout(self.statement_timeout, query.execute(&mut *conn))
+            .await
+            .map_err(|_| timed_out(DOING))?
+            .map_err(|e| query_error(e, DOING))?;
+        Ok(())
+    }
+
+    async fn replace_bootstrap_token(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+        node: &NodeName,
+        token: &BootstrapTokenHash,
+        expires_at: time::OffsetDateTime,
+    ) -> Result<bool, RepoError> {
+        const DOING: &str = "replacing a node's bootstrap token";
+        let mut conn = self.connection(DOING).await?;
+        // Scoped by organization, so that one organization cannot re-issue another's token, and
+        // to ready clusters: a provisioning one has no nodes, a deleting one boots none. The
+        // check and the write are one statement, so a token is re-issued only for a cluster that
+        // was ready when it ran (a deletion beginning at that moment may follow it; the node
+        // cannot use the token then, as bootstrap material is read for ready clusters only).
+        let ready_in_org = kubeclusters::table
+            .filter(kubeclusters::id.eq(cluster.as_uuid()))
+            .filter(kubeclusters::org_id.eq(org.as_str()))
+            .filter(kubeclusters::status.eq(ClusterStatus::Ready.as_str()));
+        let query = diesel::update(
+            apiservernodes::table
+                .filter(apiservernodes::cluster_id.eq(cluster.as_uuid()))
+                .filter(apiservernodes::node_name.eq(node.as_str()))
+                .filter(diesel::dsl::exists(ready_in_org)),
+        )
+        .set((
+            apiservernodes::bootstrap_token_hash.eq(token.as_str()),
+            apiservernodes::bootstrap_token_expires_at.eq(expires_at),
+            // A new token has not been used: its reuse window has not started.
+            apiservernodes::bootstrap_token_first_used_at.eq(None::<time::OffsetDateTime>),
+        ));
+        let updated = tokio::time::timeout(self.statement_timeout, query.execute(&mut *conn))
+            .await
+            .map_err(|_| timed_out(DOING))?
+            .map_err(|e| query_error(e, DOING))?;
+        Ok(updated == 1)
+    }
+
+    async fn cluster_certificates(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+    ) -> Result<Option<Vec<NamedCertificate>>, RepoError> {
+        const DOING: &str = "reading a cluster's certificates";
+        let id = cluster.as_uuid();
+        let cas = kubeclusters::table
+            .filter(kubeclusters::org_id.eq(org.as_str()))
+            .filter(kubeclusters::id.eq(id))
+            .select((
+                kubeclusters::ca_cert,
+                kubeclusters::etcd_ca_cert,
+                kubeclusters::front_proxy_ca_cert,
+            ));
+        let shared = clustercerts::table
+            .filter(clustercerts::cluster_id.eq(id))
+            .order(clustercerts::name.asc())
+            .select((clustercerts::name, clustercerts::cert));
+        let etcd = etcdnodes::table
+            .filter(etcdnodes::cluster_id.eq(id))
+            .order(etcdnodes::ordinal.asc())
+            .select(EtcdCertRow::as_select());
+        let apiserver = apiservernodes::table
+            .filter(apiservernodes::cluster_id.eq(id))
+            .order(apiservernodes::ordinal.asc())
+            .select(ApiServerCertsRow::as_select());
+        let mut conn = self.connection(DOING).await?;
+        // One snapshot: a cluster that is founded or deleted between the reads does not come
+        // back with half of its certificates.
+        let mut snapshot = conn.build_transaction().read_only().repeatable_read();
+        let read = snapshot.run(async |c| {
+            let Some(cas) = cas.first::<CaCerts>(c).await.optional()? else {
+                return Ok::<_, diesel::result::Error>(None);
+            };
+            let shared: Vec<(String, String)> = shared.load(c).await?;
+            let etcd: Vec<EtcdCertRow> = etcd.load(c).await?;
+            let apiserver: Vec<ApiServerCertsRow> = apiserver.load(c).await?;
+            Ok(Some((cas, shared, etcd, apiserver)))
+        });
+        let Some(((ca, etcd_ca, front_proxy_ca), shared, etcd, apiserver)) =
+            tokio::time::timeout(self.statement_timeout, read)
+                .await
+                .map_err(|_| timed_out(DOING))?
+                .map_err(|e| query_error(e, DOING))?
+        else {
+            return Ok(None);
+        };
+        let named = |name: String, cert_pem: String| NamedCertificate { name, cert_pem };
+        // CAs (those stored: a provisioning cluster may have none yet), the shared client
+        // certificates by name, then each node's by ordinal: etcd, apiserver, kubelet.
+        let mut certs: Vec<NamedCertificate> = [
+            ("ca", ca),
+            ("etcd-ca", etcd_ca),
+            ("front-proxy-ca", front_proxy_ca),
+        ]
+        .into_iter()
+        .filter_map(|(name, cert)| cert.map(|cert| named(name.to_owned(), cert)))
+        .chain(shared.into_iter().map(|(name, cert)| named(name, cert)))
+        .collect();
+        let mut nodes: std::collections::BTreeMap<i16, Vec<NamedCertificate>> =
+            std::collections::BTreeMap::new();
+        for row in etcd {
+            nodes
+                .entry(row.ordinal)
+                .or_default()
+                .push(named(format!("{}/etcd", row.node_name), row.cert));
+        }
+        for row in apiserver {
+            let node = nodes.entry(row.ordinal).or_default();
+            node.push(named(format!("{}/apiserver", row.node_name), row.cert));
+            // Nodes founded before bundles existed have no kubelet certificate.
+            if let Some(kubelet) = row.kubelet_cert {
+                node.push(named(format!("{}/kubelet", row.node_name), kubelet));
+            }
+        }
+        certs.extend(nodes.into_values().flatten());
+        Ok(Some(certs))
+    }
+
     async fn bootstrap_material(
         &self,
         cluster: ClusterId,
@@ -471,6 +622,9 @@ impl Repo for PgRepo {
         self.load_bootstrap_material(cluster, node).await
     }
 }
+
+/// A cluster's three CA certificates (root, etcd, front proxy), each once stored.
+type CaCerts = (Option<String>, Option<String>, Option<String>);
 
 impl PgRepo {
     fn open(
@@ -642,6 +796,7 @@ impl PgRepo {
             )?,
             bootstrap_token_hash: BootstrapTokenHash::from_stored(apiserver.bootstrap_token_hash),
             bootstrap_token_expires_at: apiserver.bootstrap_token_expires_at,
+            bootstrap_token_first_used_at: apiserver.bootstrap_token_first_used_at,
             node: placement,
             nodes,
         }))

@@ -7,7 +7,8 @@
 //! A founding a client sent an idempotency key with keeps that key (`client_idempotency_keys`,
 //! per organization) in the same first transaction as its operation and name, so that a retry
 //! finds the operation whatever became of it — running, founded, or failed and its cluster row
-//! gone.
+//! gone. A deletion keeps its key the same way, in the transaction that makes its cluster
+//! `deleting`.
 
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -17,8 +18,8 @@ use plinth_domain::model::{
     IdempotencyKey, OperationId, OrgId, RequestFingerprint, SecurityGroupChoice,
 };
 use plinth_domain::ports::operations::{
-    FoundingRows, IdempotentOperation, Lease, NewFounding, OperationProblem, OperationRecord,
-    Operations, ResourceKind,
+    DeletionStart, FoundingRows, IdempotentOperation, Lease, NewDeletion, NewFounding,
+    OperationProblem, OperationRecord, Operations, ResourceKind,
 };
 use plinth_domain::ports::pki::{ClusterCa, ServiceAccountKeyPair};
 use plinth_domain::ports::repo::{ClusterSecurityGroups, RepoError};
@@ -51,6 +52,9 @@ enum TxError {
     /// The write names a cluster that is not the operation's: a caller's mistake, refused so
     /// that a lease never reaches beyond its own operation.
     NotTheOperations(String),
+    /// The request cannot be done as the rows stand (no such cluster, one in the wrong state):
+    /// the transaction rolls back and the caller gets this error.
+    Refused(RepoError),
 }
 
 impl From<diesel::result::Error> for TxError {
@@ -82,6 +86,7 @@ fn settle<T>(
         Ok(Err(TxError::NotTheOperations(what))) => {
             Err(RepoError::Unexpected(format!("{doing}: {what}").into()))
         }
+        Ok(Err(TxError::Refused(e))) => Err(e),
         Ok(Err(TxError::Db(e))) => Err(query_error(e, doing)),
         Err(_) => Err(timed_out(doing)),
     }
@@ -102,23 +107,74 @@ fn lease_end(lease_for: Duration) -> SqlLiteral<Nullable<Timestamptz>> {
 }
 
 /// The database's clock, for columns that may be NULL.
-fn db_now() -> diesel::expression::SqlLiteral<Nullable<Timestamptz>> {
+pub(crate) fn db_now() -> diesel::expression::SqlLiteral<Nullable<Timestamptz>> {
     sql("now()")
 }
 
 /// Locks the operation's row if `lease` still holds it and it runs; returns the cluster the
 /// operation works on.
 async fn hold(c: &mut AsyncPgConnection, lease: &Lease) -> Result<Uuid, TxError> {
-    let held: Option<Uuid> = operations::table
+    hold_with_kind(c, lease).await.map(|(cluster, _)| cluster)
+}
+
+/// [`hold`], also returning the operation's kind (as stored).
+async fn hold_with_kind(
+    c: &mut AsyncPgConnection,
+    lease: &Lease,
+) -> Result<(Uuid, String), TxError> {
+    let held: Option<(Uuid, String)> = operations::table
         .filter(operations::id.eq(lease.operation.as_uuid()))
         .filter(operations::owner.eq(lease.owner.as_str()))
         .filter(operations::state.eq(OperationState::Running.as_str()))
-        .select(operations::cluster_id)
+        .select((operations::cluster_id, operations::kind))
         .for_update()
         .first(c)
         .await
         .optional()?;
     held.ok_or(TxError::LeaseLost)
+}
+
+/// Keeps a client's idempotency key with the operation `key` names (inserted before it, in the
+/// same transaction). A key of the organization past its retention is free again: the one
+/// taking it replaces it. A key that stands for another operation fails on the primary key
+/// (`IdempotencyKeyTaken`); one another transaction is writing right now makes this wait for
+/// that transaction, then fail or succeed as it committed or rolled back.
+async fn claim_key(
+    c: &mut AsyncPgConnection,
+    key: NewIdempotencyKeyRow<'_>,
+    retain_for: Duration,
+) -> QueryResult<()> {
+    diesel::delete(
+        client_idempotency_keys::table
+            .find((key.org_id, key.key))
+            .filter(client_idempotency_keys::expires_at.le(diesel::dsl::now)),
+    )
+    .execute(c)
+    .await?;
+    diesel::insert_into(client_idempotency_keys::table)
+        .values((
+            key,
+            client_idempotency_keys::expires_at.eq(from_now(retain_for)),
+        ))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Ends a held operation as `succeeded` at its last step, `commit` (inside the caller's
+/// transaction, after its own writes).
+async fn succeed(c: &mut AsyncPgConnection, lease: &Lease) -> Result<(), TxError> {
+    diesel::update(operations::table.find(lease.operation.as_uuid()))
+        .set((
+            operations::state.eq(OperationState::Succeeded.as_str()),
+            operations::step.eq("commit"),
+            operations::lease_expires_at.eq(None::<OffsetDateTime>),
+            operations::ended_at.eq(db_now()),
+            operations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(c)
+        .await?;
+    Ok(())
 }
 
 /// Checks that every cluster a write names is `own`, the cluster of the lease's operation.
@@ -328,21 +384,7 @@ impl Operations for PgRepo {
                 // not that its name is. A founding sending the same key at the same moment
                 // waits here on this one's uncommitted row, then finds it taken.
                 if let Some((key, retain_for)) = claim {
-                    // A key past its retention is free again; the one taking it replaces it.
-                    diesel::delete(
-                        client_idempotency_keys::table
-                            .find((key.org_id, key.key))
-                            .filter(client_idempotency_keys::expires_at.le(diesel::dsl::now)),
-                    )
-                    .execute(c)
-                    .await?;
-                    diesel::insert_into(client_idempotency_keys::table)
-                        .values((
-                            key,
-                            client_idempotency_keys::expires_at.eq(from_now(retain_for)),
-                        ))
-                        .execute(c)
-                        .await?;
+                    claim_key(c, key, retain_for).await?;
                 }
                 diesel::insert_into(kubeclusters::table)
                     .values(cluster_row)
@@ -545,6 +587,7 @@ impl Operations for PgRepo {
         const DOING: &str = "committing the founding";
         let (etcd, apiserver, shared) = self.founding_rows(rows)?;
         let cluster = rows.cluster.as_uuid();
+        let certificates_expire_at = rows.certificates_expire_at;
         let named = std::iter::once(rows.cluster)
             .chain(rows.etcd.iter().map(|r| r.cluster_id))
             .chain(rows.apiserver.iter().map(|r| r.cluster_id));
@@ -568,21 +611,13 @@ impl Operations for PgRepo {
                 diesel::update(kubeclusters::table.find(cluster))
                     .set((
                         kubeclusters::status.eq(ClusterStatus::Ready.as_str()),
+                        // With the certificates it dates: `expiring_before` listings read it.
+                        kubeclusters::certificates_expire_at.eq(Some(certificates_expire_at)),
                         kubeclusters::updated_at.eq(diesel::dsl::now),
                     ))
                     .execute(c)
                     .await?;
-                diesel::update(operations::table.find(lease.operation.as_uuid()))
-                    .set((
-                        operations::state.eq(OperationState::Succeeded.as_str()),
-                        operations::step.eq("commit"),
-                        operations::lease_expires_at.eq(None::<OffsetDateTime>),
-                        operations::ended_at.eq(db_now()),
-                        operations::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .execute(c)
-                    .await?;
-                Ok(())
+                succeed(c, lease).await
             }),
         )
         .await;
@@ -722,6 +757,152 @@ impl Operations for PgRepo {
         live.sort();
         live.dedup();
         Ok(live)
+    }
+
+    async fn begin_deletion(&self, deletion: &NewDeletion) -> Result<DeletionStart, RepoError> {
+        const DOING: &str = "starting a cluster's deletion";
+        let cluster = deletion.cluster.as_uuid();
+        let operation = NewOperationRow {
+            id: deletion.lease.operation.as_uuid(),
+            kind: OperationKind::Delete.as_str(),
+            org_id: deletion.org.as_str(),
+            cluster_id: cluster,
+            state: OperationState::Running.as_str(),
+            step: "begin",
+            owner: deletion.lease.owner.as_str(),
+        };
+        let claim = deletion.idempotency.as_ref().map(|claim| {
+            let row = NewIdempotencyKeyRow {
+                org_id: deletion.org.as_str(),
+                key: claim.idempotency.key.as_str(),
+                fingerprint: claim.idempotency.fingerprint.as_str(),
+                operation_id: deletion.lease.operation.as_uuid(),
+            };
+            (row, claim.retain_for)
+        });
+        let lease_for = deletion.lease_for;
+        let org = deletion.org.as_str();
+        let mut conn = self.connection(DOING).await?;
+        let outcome = tokio::time::timeout(
+            self.statement_timeout,
+            conn.transaction::<_, TxError, _>(async |c| {
+                // The cluster's row first, locked: two deletions of one cluster take turns here,
+                // and the second finds the first's operation (a committed one: after waiting,
+                // each statement reads what has been committed since). A founding cannot end, nor
+                // a deletion finish, in between.
+                let status: Option<String> = kubeclusters::table
+                    .filter(kubeclusters::id.eq(cluster))
+                    .filter(kubeclusters::org_id.eq(org))
+                    .select(kubeclusters::status)
+                    .for_update()
+                    .first(c)
+                    .await
+                    .optional()?;
+                match status.as_deref() {
+                    // Another organization's cluster is as absent as one that never was.
+                    None => {
+                        return Err(TxError::Refused(RepoError::NotFound(format!(
+                            "cluster {cluster}"
+                        ))));
+                    }
+                    Some(status) if status == ClusterStatus::Provisioning.as_str() => {
+                        return Err(TxError::Refused(RepoError::Conflict(format!(
+                            "cluster {cluster} is still being founded"
+                        ))));
+                    }
+                    // Ready, or deleting after a deletion that stopped (or still runs).
+                    Some(_) => {}
+                }
+                let running: Option<OperationRow> = operations::table
+                    .filter(operations::cluster_id.eq(cluster))
+                    .filter(operations::kind.eq(OperationKind::Delete.as_str()))
+                    .filter(operations::state.eq(OperationState::Running.as_str()))
+                    .select(OperationRow::as_select())
+                    .first(c)
+                    .await
+                    .optional()?;
+                if let Some(running) = running {
+                    // Nothing written: the caller answers with that deletion.
+                    return Ok(Some(running));
+                }
+                // The operation before its key (the key refers to it); a taken key fails the
+                // whole transaction, so nothing of this deletion is written then either.
+                diesel::insert_into(operations::table)
+                    .values((
+                        operation,
+                        operations::lease_expires_at.eq(lease_end(lease_for)),
+                    ))
+                    .execute(c)
+                    .await?;
+                if let Some((key, retain_for)) = claim {
+                    claim_key(c, key, retain_for).await?;
+                }
+                diesel::update(kubeclusters::table.find(cluster))
+                    .set((
+                        kubeclusters::status.eq(ClusterStatus::Deleting.as_str()),
+                        kubeclusters::updated_at.eq(diesel::dsl::now),
+                    ))
+                    .execute(c)
+                    .await?;
+                Ok(None)
+            }),
+        )
+        .await;
+        let Some(running) = settle(outcome, DOING)? else {
+            return Ok(DeletionStart::Started);
+        };
+        let id = running.id;
+        let running = self.with_journal(&mut conn, running, DOING).await?;
+        running
+            .map(|record| DeletionStart::AlreadyRunning(Box::new(record)))
+            .ok_or_else(|| {
+                RepoError::Unexpected(format!("{DOING}: operation {id} could not be read").into())
+            })
+    }
+
+    async fn finish_deletion(&self, lease: &Lease) -> Result<(), RepoError> {
+        const DOING: &str = "committing the deletion";
+        let mut conn = self.connection(DOING).await?;
+        let outcome = tokio::time::timeout(
+            self.statement_timeout,
+            conn.transaction::<_, TxError, _>(async |c| {
+                let (cluster, kind) = hold_with_kind(c, lease).await?;
+                // A founding's lease cannot remove its cluster this way.
+                if kind != OperationKind::Delete.as_str() {
+                    return Err(TxError::NotTheOperations(format!(
+                        "operation {} is a {kind:?} operation, not a deletion",
+                        lease.operation
+                    )));
+                }
+                // Node rows and shared certificates, with their sealed keys, go with the row
+                // (ON DELETE CASCADE).
+                let deleted = diesel::delete(
+                    kubeclusters::table
+                        .find(cluster)
+                        .filter(kubeclusters::status.eq(ClusterStatus::Deleting.as_str())),
+                )
+                .execute(c)
+                .await?;
+                if deleted == 0 {
+                    // Gone already is what this transaction was for; any other state is not the
+                    // deletion's to end.
+                    let status: Option<String> = kubeclusters::table
+                        .find(cluster)
+                        .select(kubeclusters::status)
+                        .first(c)
+                        .await
+                        .optional()?;
+                    if let Some(status) = status {
+                        return Err(TxError::NotTheOperations(format!(
+                            "cluster {cluster} is {status}, not deleting"
+                        )));
+                    }
+                }
+                succeed(c, lease).await
+            }),
+        )
+        .await;
+        settle(outcome, DOING)
     }
 
     async fn idempotent_operation(

@@ -186,6 +186,26 @@ pub(crate) struct ApiServerSecretsRow {
     pub kubelet_key: Option<String>,
     pub bootstrap_token_hash: String,
     pub bootstrap_token_expires_at: OffsetDateTime,
+    pub bootstrap_token_first_used_at: Option<OffsetDateTime>,
+}
+
+/// A node's public apiserver and kubelet certificates, for expiry reports.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = apiservernodes, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ApiServerCertsRow {
+    pub ordinal: i16,
+    pub node_name: String,
+    pub cert: String,
+    pub kubelet_cert: Option<String>,
+}
+
+/// A node's public etcd certificate, for expiry reports.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = etcdnodes, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct EtcdCertRow {
+    pub ordinal: i16,
+    pub node_name: String,
+    pub cert: String,
 }
 
 /// A shared client certificate row.

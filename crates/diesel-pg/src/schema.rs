@@ -32,6 +32,10 @@ diesel::table! {
         status -> Text,
         dns_configured -> Nullable<Bool>,
         dns_error -> Nullable<Text>,
+        certificates_expire_at -> Nullable<Timestamptz>,
+        /// Founded before the expiry was kept (set by the migration that added it; never
+        /// written by plinth).
+        certificates_expiry_unknown -> Bool,
     }
 }
 
@@ -66,6 +70,7 @@ diesel::table! {
         created_at -> Timestamptz,
         kubelet_cert -> Nullable<Text>,
         kubelet_key -> Nullable<Text>,
+        bootstrap_token_first_used_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -12,21 +12,26 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{
-    begin, count_rows, envelope, found, founding, group_of, insert_vm, now, org, placement, repo,
-    repo_with, shared, texts, vm_id,
+    begin, count_rows, deletion, envelope, found, found_expiring, founding, group_of, insert_vm,
+    now, org, placement, repo, repo_with, shared, snapshot, texts, vm_id,
 };
 use diesel::sql_query;
+use diesel::sql_types::{Nullable, Timestamptz};
 use diesel_async::RunQueryDsl;
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_diesel_pg::{EnvelopeError, Slot};
 use plinth_domain::model::{
-    ClusterId, ClusterStatus, NodeName, NodeOrdinal, SecurityGroupChoice, SecurityGroupId,
+    BootstrapTokenHash, ClusterId, ClusterStatus, NodeName, NodeOrdinal, SecurityGroupChoice,
+    SecurityGroupId,
 };
-use plinth_domain::ports::operations::Operations;
+use plinth_domain::ports::operations::{DeletionStart, Operations};
+use plinth_domain::ports::pki::SharedClientCert;
 use plinth_domain::ports::repo::{
-    ClusterSecurityGroups, DnsOutcome, NodePlacement, PageRequest, Repo, RepoError,
+    ClusterSecurityGroups, DnsOutcome, NamedCertificate, NodePlacement, PageRequest, Repo,
+    RepoError,
 };
 use plinth_domain::testing::{cluster_record, pem_certified, trust_root_of};
+use time::OffsetDateTime;
 
 // ---- foundings -----------------------------------------------------------------------------
 
@@ -220,6 +225,7 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
     let mut page = PageRequest {
         limit: 3,
         after: None,
+        expiring_before: None,
     };
     let mut sizes = Vec::new();
     loop {
@@ -240,6 +246,7 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
             &PageRequest {
                 limit: 100,
                 after: None,
+                expiring_before: None,
             },
         )
         .await
@@ -252,6 +259,7 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
             &PageRequest {
                 limit: 10,
                 after: None,
+                expiring_before: None,
             },
         )
         .await
@@ -264,6 +272,7 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
             &PageRequest {
                 limit: 0,
                 after: None,
+                expiring_before: None,
             },
         )
         .await
@@ -275,6 +284,7 @@ async fn listing_is_org_scoped_newest_first_and_pages_without_gaps_or_repeats() 
             &PageRequest {
                 limit: 1000,
                 after: None,
+                expiring_before: None,
             },
         )
         .await
@@ -618,6 +628,7 @@ async fn a_nodes_bootstrap_material_comes_back_whole_with_its_keys_opened() {
         material.bootstrap_token_expires_at,
         record.created_at + time::Duration::hours(24)
     );
+    assert_eq!(material.bootstrap_token_first_used_at, None);
     assert_eq!(material.networking, record.networking);
 
     // A node of another cluster, or a node the cluster does not have: nothing.
@@ -770,4 +781,469 @@ async fn a_clusters_root_ca_comes_back_opened_to_its_own_organization_only() {
         .await
         .unwrap_err();
     assert!(matches!(err, RepoError::Unexpected(_)), "{err:?}");
+}
+
+// ---- certificate expiry -----------------------------------------------------------------------
+
+#[derive(diesel::QueryableByName)]
+struct Expiry {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    certificates_expire_at: Option<OffsetDateTime>,
+}
+
+async fn stored_expiry(
+    conn: &mut diesel_async::AsyncPgConnection,
+    cluster: ClusterId,
+) -> Option<OffsetDateTime> {
+    sql_query("SELECT certificates_expire_at FROM kubeclusters WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(cluster.as_uuid())
+        .get_result::<Expiry>(conn)
+        .await
+        .unwrap()
+        .certificates_expire_at
+}
+
+/// Every page of `org`'s clusters expiring before `before`, `limit` at a time: the ids in the
+/// order listed, and the size of each page.
+async fn expiring(
+    repo: &plinth_diesel_pg::PgRepo,
+    who: &str,
+    before: OffsetDateTime,
+    limit: u32,
+) -> (Vec<ClusterId>, Vec<usize>) {
+    let mut page = PageRequest {
+        limit,
+        after: None,
+        expiring_before: Some(before),
+    };
+    let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+    loop {
+        let listed = repo.list_clusters(&org(who), &page).await.unwrap();
+        sizes.push(listed.clusters.len());
+        ids.extend(listed.clusters.iter().map(|c| c.id));
+        match listed.next {
+            Some(next) => page.after = Some(next),
+            None => return (ids, sizes),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_certificates_expiry_is_kept_and_listing_selects_clusters_expiring_before_a_time() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let t = now();
+    let base = t - time::Duration::hours(1);
+    let days = time::Duration::days;
+    // org-a's clusters, oldest first, and when their certificates expire.
+    let mut clusters = Vec::new();
+    for (i, expires_in) in [1, 10, 100, 5].into_iter().enumerate() {
+        let created = base + time::Duration::seconds(i64::try_from(i).unwrap());
+        let record = cluster_record("org-a", None, 1, created);
+        let site = u8::try_from(i).unwrap() + 1;
+        found_expiring(&repo, &mut compute, &record, site, t + days(expires_in)).await;
+        clusters.push(record);
+    }
+    let ids: Vec<ClusterId> = clusters.iter().map(|r| r.id).collect();
+    let theirs = cluster_record("org-b", None, 1, base);
+    found_expiring(&repo, &mut compute, &theirs, 9, t + days(1)).await;
+    // Provisioning: no expiry yet, so never expiring.
+    let young = cluster_record("org-a", None, 1, t);
+    begin(&repo, &young).await;
+
+    for (record, expires_in) in clusters.iter().zip([1, 10, 100, 5]) {
+        assert_eq!(
+            stored_expiry(&mut conn, record.id).await,
+            Some(t + days(expires_in))
+        );
+    }
+    assert_eq!(stored_expiry(&mut conn, young.id).await, None);
+
+    // Newest first, only those before the bound (strictly), only the organization's.
+    assert_eq!(
+        expiring(&repo, "org-a", t + days(7), 100).await,
+        (vec![ids[3], ids[0]], vec![2])
+    );
+    assert_eq!(
+        expiring(&repo, "org-a", t + days(10), 100).await.0,
+        [ids[3], ids[0]]
+    );
+    assert_eq!(
+        expiring(
+            &repo,
+            "org-a",
+            t + days(10) + time::Duration::microseconds(1),
+            100
+        )
+        .await
+        .0,
+        [ids[3], ids[1], ids[0]]
+    );
+    assert_eq!(
+        expiring(&repo, "org-b", t + days(7), 100).await.0,
+        [theirs.id]
+    );
+    assert_eq!(
+        expiring(&repo, "org-a", t - days(1), 100).await,
+        (vec![], vec![0])
+    );
+    // Paged, one at a time: every ready cluster once, the provisioning one never.
+    assert_eq!(
+        expiring(&repo, "org-a", t + days(1000), 1).await,
+        (vec![ids[3], ids[2], ids[1], ids[0]], vec![1, 1, 1, 1])
+    );
+    assert_eq!(
+        expiring(&repo, "org-a", t + days(1000), 3).await,
+        (vec![ids[3], ids[2], ids[1], ids[0]], vec![3, 1])
+    );
+    // Without the bound, everything is listed, the provisioning cluster too.
+    let all = repo
+        .list_clusters(
+            &org("org-a"),
+            &PageRequest {
+                limit: 100,
+                after: None,
+                expiring_before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.clusters.len(), 5);
+
+    // A ready cluster must carry its expiry, unless it was founded before it was kept (the
+    // migration marks those); such a one is never listed as expiring.
+    let unset = sql_query("UPDATE kubeclusters SET certificates_expire_at = NULL WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(ids[0].as_uuid())
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        unset
+            .to_string()
+            .contains("kubeclusters_founded_has_expiry"),
+        "{unset}"
+    );
+    sql_query(
+        "UPDATE kubeclusters SET certificates_expire_at = NULL, certificates_expiry_unknown = true \
+         WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(ids[0].as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        expiring(&repo, "org-a", t + days(1000), 100).await.0,
+        [ids[3], ids[2], ids[1]]
+    );
+}
+
+// ---- bootstrap tokens -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bootstrap_tokens_first_use_is_noted_once_and_a_new_token_starts_unused() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 3, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let node = NodeName::new(record.id, NodeOrdinal::new(2).unwrap());
+    let token = BootstrapTokenHash::of(&format!("token-{node}"));
+    let material = |node: NodeName| {
+        let repo = &repo;
+        async move {
+            repo.bootstrap_material(record.id, &node)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let first_used = |node: NodeName| {
+        let material = &material;
+        async move { material(node).await.bootstrap_token_first_used_at }
+    };
+    assert_eq!(first_used(node.clone()).await, None);
+
+    // Another token, a node or cluster that is not there: nothing noted, and no error.
+    let before = snapshot(&mut conn).await;
+    let missing = NodeName::new(record.id, NodeOrdinal::new(5).unwrap());
+    repo.note_bootstrap_fetch(record.id, &node, &BootstrapTokenHash::of("wrong"))
+        .await
+        .unwrap();
+    repo.note_bootstrap_fetch(record.id, &missing, &token)
+        .await
+        .unwrap();
+    repo.note_bootstrap_fetch(ClusterId::new_random(), &node, &token)
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&mut conn).await, before);
+
+    // The first fetch is noted (by the database's clock), the next ones keep that time.
+    let started = now();
+    repo.note_bootstrap_fetch(record.id, &node, &token)
+        .await
+        .unwrap();
+    let noted = first_used(node.clone())
+        .await
+        .expect("the fetch was not noted");
+    assert!(
+        noted >= started - time::Duration::seconds(5)
+            && noted <= now() + time::Duration::seconds(5),
+        "{noted} is not about now ({started})"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    repo.note_bootstrap_fetch(record.id, &node, &token)
+        .await
+        .unwrap();
+    assert_eq!(first_used(node.clone()).await, Some(noted));
+    // Only that node's.
+    for n in [1, 3] {
+        let other = NodeName::new(record.id, NodeOrdinal::new(n).unwrap());
+        assert_eq!(first_used(other).await, None, "node {n}");
+    }
+
+    // A new token: the old one is gone, the new one has not been used.
+    let new_token = BootstrapTokenHash::of("a new token");
+    let new_expiry = now() + time::Duration::hours(2);
+    assert!(
+        repo.replace_bootstrap_token(&record.org, record.id, &node, &new_token, new_expiry)
+            .await
+            .unwrap()
+    );
+    let replaced = material(node.clone()).await;
+    assert!(replaced.bootstrap_token_hash.matches("a new token"));
+    assert!(
+        !replaced
+            .bootstrap_token_hash
+            .matches(&format!("token-{node}"))
+    );
+    assert_eq!(replaced.bootstrap_token_expires_at, new_expiry);
+    assert_eq!(replaced.bootstrap_token_first_used_at, None);
+    // A fetch with the old token (one that began before the replacement) notes nothing.
+    repo.note_bootstrap_fetch(record.id, &node, &token)
+        .await
+        .unwrap();
+    assert_eq!(first_used(node.clone()).await, None);
+    repo.note_bootstrap_fetch(record.id, &node, &new_token)
+        .await
+        .unwrap();
+    assert!(first_used(node.clone()).await.unwrap() >= noted);
+    // The other nodes keep their tokens.
+    let kept = material(NodeName::new(record.id, NodeOrdinal::new(1).unwrap())).await;
+    assert!(
+        kept.bootstrap_token_hash
+            .matches(&format!("token-{}", kept.node.name))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bootstrap_token_is_replaced_only_for_a_node_of_the_organizations_ready_cluster() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let doomed = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &doomed, 2).await;
+    assert_eq!(
+        repo.begin_deletion(&deletion(&doomed.org, doomed.id))
+            .await
+            .unwrap(),
+        DeletionStart::Started
+    );
+    let young = cluster_record("org-a", None, 1, now());
+    begin(&repo, &young).await;
+    let node_of = |cluster: ClusterId, n: u8| NodeName::new(cluster, NodeOrdinal::new(n).unwrap());
+    let token = BootstrapTokenHash::of("a new token");
+    let expiry = now() + time::Duration::hours(2);
+    let before = snapshot(&mut conn).await;
+
+    for (what, who, cluster, node) in [
+        (
+            "another organization",
+            "org-b",
+            record.id,
+            node_of(record.id, 1),
+        ),
+        (
+            "a node it does not have",
+            "org-a",
+            record.id,
+            node_of(record.id, 2),
+        ),
+        (
+            "another cluster's node",
+            "org-a",
+            record.id,
+            node_of(doomed.id, 1),
+        ),
+        (
+            "an unknown cluster",
+            "org-a",
+            ClusterId::new_random(),
+            node_of(record.id, 1),
+        ),
+        (
+            "a deleting cluster",
+            "org-a",
+            doomed.id,
+            node_of(doomed.id, 1),
+        ),
+        (
+            "a provisioning cluster",
+            "org-a",
+            young.id,
+            node_of(young.id, 1),
+        ),
+    ] {
+        assert!(
+            !repo
+                .replace_bootstrap_token(&org(who), cluster, &node, &token, expiry)
+                .await
+                .unwrap(),
+            "{what}: replaced"
+        );
+    }
+    assert_eq!(
+        snapshot(&mut conn).await,
+        before,
+        "a refused replacement wrote"
+    );
+    assert!(
+        repo.replace_bootstrap_token(
+            &record.org,
+            record.id,
+            &node_of(record.id, 1),
+            &token,
+            expiry
+        )
+        .await
+        .unwrap()
+    );
+    assert_ne!(snapshot(&mut conn).await, before);
+}
+
+// ---- a cluster's certificates -----------------------------------------------------------------
+
+/// What `cluster_certificates` lists for a cluster founded by the fixtures with `count` nodes.
+fn certificates_of(cluster: ClusterId, count: u8) -> Vec<NamedCertificate> {
+    let named = |name: String, cert_pem: String| NamedCertificate { name, cert_pem };
+    let (ca, _) = trust_root_of(cluster);
+    let mut expected = vec![
+        named("ca".into(), ca.root.cert_pem),
+        named("etcd-ca".into(), ca.etcd.cert_pem),
+        named("front-proxy-ca".into(), ca.front_proxy.cert_pem),
+    ];
+    let mut which = SharedClientCert::ALL.to_vec();
+    which.sort_by_key(|w| w.stored_name());
+    let certs = shared(cluster);
+    expected.extend(
+        which
+            .into_iter()
+            .map(|w| named(w.stored_name().into(), certs.get(w).cert_pem.clone())),
+    );
+    for n in 1..=count {
+        let node = NodeName::new(cluster, NodeOrdinal::new(n).unwrap());
+        for facet in ["etcd", "apiserver", "kubelet"] {
+            expected.push(named(
+                format!("{node}/{facet}"),
+                pem_certified(&format!("{node}-{facet}")).cert_pem,
+            ));
+        }
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clusters_certificates_are_listed_public_parts_only_to_its_own_organization() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 3, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let other = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &other, 2).await;
+
+    let certs = repo
+        .cluster_certificates(&record.org, record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(certs, certificates_of(record.id, 3));
+    assert_eq!(certs.len(), 3 + 6 + 3 * 3);
+    for cert in &certs {
+        assert!(cert.cert_pem.contains("BEGIN CERTIFICATE"), "{}", cert.name);
+        assert!(!cert.cert_pem.contains("SECRET-"), "{}", cert.name);
+        assert!(!cert.cert_pem.contains("PRIVATE KEY"), "{}", cert.name);
+    }
+    assert_eq!(
+        repo.cluster_certificates(&other.org, other.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        certificates_of(other.id, 1)
+    );
+
+    // Another organization's cluster, or an unknown one: nothing.
+    assert_eq!(
+        repo.cluster_certificates(&org("org-b"), record.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        repo.cluster_certificates(&record.org, ClusterId::new_random())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // While provisioning, what is stored: the CAs once step 3 stored them, before that nothing.
+    let halfway = cluster_record("org-a", None, 1, now());
+    begin(&repo, &halfway).await;
+    assert_eq!(
+        repo.cluster_certificates(&halfway.org, halfway.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        certificates_of(halfway.id, 0)[..3]
+    );
+    let bare = cluster_record("org-a", None, 1, now());
+    repo.begin_founding(&founding(&bare)).await.unwrap();
+    assert_eq!(
+        repo.cluster_certificates(&bare.org, bare.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        []
+    );
+
+    // A node founded before bundles existed has no kubelet certificate; a deleting cluster
+    // still lists everything it has.
+    sql_query(
+        "UPDATE apiservernodes SET kubelet_cert = NULL, kubelet_key = NULL \
+         WHERE cluster_id = $1 AND ordinal = 1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(other.id.as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    repo.begin_deletion(&deletion(&other.org, other.id))
+        .await
+        .unwrap();
+    let without_kubelet: Vec<NamedCertificate> = certificates_of(other.id, 1)
+        .into_iter()
+        .filter(|c| !c.name.ends_with("/kubelet"))
+        .collect();
+    assert_eq!(
+        repo.cluster_certificates(&other.org, other.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        without_kubelet
+    );
 }

@@ -11,8 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    LEASE, REPLICA, begin, count_rows, found, founding, founding_rows, group_of, lease_of,
-    lock_operation, now, release, repo, repo_configured, snapshot, texts,
+    LEASE, REPLICA, begin, count_rows, deletion, found, founding, founding_rows, group_of,
+    lease_of, lock_operation, now, org, release, repo, repo_configured, snapshot, texts,
 };
 use diesel::sql_query;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
@@ -20,11 +20,12 @@ use plinth_diesel_pg::PgRepo;
 use plinth_diesel_pg::testing::{MIGRATION_LOCK, TestDatabase, text_on_pool};
 use plinth_domain::model::{
     ClusterId, ClusterStatus, Idempotency, IdempotencyKey, OperationId, OperationKind,
-    OperationState, ReplicaId, RequestFingerprint,
+    OperationState, OrgId, ReplicaId, RequestFingerprint,
 };
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::operations::{
-    IdempotencyClaim, JournalEntry, Lease, NewFounding, OperationProblem, Operations, ResourceKind,
+    DeletionStart, IdempotencyClaim, JournalEntry, Lease, NewDeletion, NewFounding,
+    OperationProblem, Operations, ResourceKind,
 };
 use plinth_domain::ports::repo::{
     ClusterSecurityGroups, NewClusterRecord, PageRequest, Repo, RepoError,
@@ -96,6 +97,7 @@ async fn every_write(
             "fail_operation",
             repo.fail_operation(lease, &problem()).await,
         ),
+        ("finish_deletion", repo.finish_deletion(lease).await),
     ]
 }
 
@@ -112,6 +114,7 @@ fn first_page() -> PageRequest {
     PageRequest {
         limit: 100,
         after: None,
+        expiring_before: None,
     }
 }
 
@@ -499,6 +502,11 @@ async fn a_lease_writes_only_its_own_operations_cluster() {
             "finish_founding with a stray row",
             repo.finish_founding(&lease, &strays).await,
         ),
+        // A founding's lease cannot end its operation as a deletion (removing the cluster).
+        (
+            "finish_deletion with a founding's lease",
+            repo.finish_deletion(&lease).await,
+        ),
     ];
     for (write, result) in writes {
         assert!(
@@ -600,7 +608,8 @@ async fn failing_an_operation_never_removes_a_ready_cluster() {
     // However it came to be ready while its operation still runs, the cluster stays.
     let mut conn = db.connect().await;
     sql_query(format!(
-        "UPDATE kubeclusters SET status = 'ready' WHERE id = '{}'",
+        "UPDATE kubeclusters SET status = 'ready', certificates_expire_at = now() + interval '1 year' \
+         WHERE id = '{}'",
         record.id
     ))
     .execute(&mut conn)
@@ -1417,6 +1426,581 @@ async fn a_failed_foundings_key_still_leads_to_the_failure() {
     ))
     .await
     .unwrap();
+}
+
+// ---- deletions --------------------------------------------------------------------------------
+
+/// The deletion of `org`'s `cluster` by a request that sent `raw_key` with body `body`.
+fn deletion_keyed(org: &OrgId, cluster: ClusterId, raw_key: &str, body: &str) -> NewDeletion {
+    NewDeletion {
+        idempotency: Some(IdempotencyClaim {
+            idempotency: Idempotency {
+                key: key(raw_key),
+                fingerprint: fingerprint(body),
+            },
+            retain_for: RETAIN,
+        }),
+        ..deletion(org, cluster)
+    }
+}
+
+/// Rows of `table` whose `column` is `cluster`.
+async fn rows_of(
+    conn: &mut diesel_async::AsyncPgConnection,
+    table: &str,
+    column: &str,
+    cluster: ClusterId,
+) -> i64 {
+    texts(
+        conn,
+        &format!("SELECT count(*)::text AS value FROM {table} WHERE {column} = '{cluster}'"),
+    )
+    .await[0]
+        .parse()
+        .unwrap()
+}
+
+/// The cluster's row, node rows and shared certificates: kubeclusters, etcdnodes,
+/// apiservernodes, clustercerts.
+async fn cluster_rows(conn: &mut diesel_async::AsyncPgConnection, cluster: ClusterId) -> [i64; 4] {
+    [
+        rows_of(conn, "kubeclusters", "id", cluster).await,
+        rows_of(conn, "etcdnodes", "cluster_id", cluster).await,
+        rows_of(conn, "apiservernodes", "cluster_id", cluster).await,
+        rows_of(conn, "clustercerts", "cluster_id", cluster).await,
+    ]
+}
+
+/// Running deletions of `cluster`.
+async fn running_deletions(conn: &mut diesel_async::AsyncPgConnection, cluster: ClusterId) -> i64 {
+    texts(
+        conn,
+        &format!(
+            "SELECT count(*)::text AS value FROM operations \
+             WHERE cluster_id = '{cluster}' AND kind = 'delete' AND state = 'running'"
+        ),
+    )
+    .await[0]
+        .parse()
+        .unwrap()
+}
+
+async fn status_of(repo: &PgRepo, record: &NewClusterRecord) -> Option<ClusterStatus> {
+    repo.find_cluster(&record.org, record.id)
+        .await
+        .unwrap()
+        .map(|details| details.summary.status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_unknown_another_orgs_or_a_provisioning_cluster_is_refused_and_writes_nothing()
+{
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let ready = cluster_record("org-a", Some("ready"), 1, now());
+    found(&repo, &mut compute, &ready, 1).await;
+    let young = cluster_record("org-a", Some("young"), 1, now());
+    let young_lease = begin(&repo, &young).await;
+    let before = snapshot(&mut conn).await;
+
+    for (who, cluster) in [("org-b", ready.id), ("org-a", ClusterId::new_random())] {
+        for attempt in [
+            deletion(&org(who), cluster),
+            deletion_keyed(&org(who), cluster, "delete-1", "body"),
+        ] {
+            let err = repo.begin_deletion(&attempt).await.unwrap_err();
+            assert!(
+                matches!(err, RepoError::NotFound(_)),
+                "{who} {cluster}: {err:?}"
+            );
+        }
+    }
+    for attempt in [
+        deletion(&young.org, young.id),
+        deletion_keyed(&young.org, young.id, "delete-1", "body"),
+    ] {
+        let err = repo.begin_deletion(&attempt).await.unwrap_err();
+        let RepoError::Conflict(message) = &err else {
+            panic!("expected a conflict, got {err:?}");
+        };
+        assert!(message.contains("still being founded"), "{message}");
+    }
+    assert_eq!(
+        snapshot(&mut conn).await,
+        before,
+        "a refused deletion wrote something"
+    );
+    assert_eq!(status_of(&repo, &ready).await, Some(ClusterStatus::Ready));
+    // The founding goes on undisturbed.
+    repo.finish_founding(&young_lease, &founding_rows(&young, 2))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&repo, &young).await, Some(ClusterStatus::Ready));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_ready_cluster_starts_one_deletion_and_another_begin_answers_with_it() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", Some("doomed"), 3, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let neighbour = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &neighbour, 2).await;
+
+    let first = deletion(&record.org, record.id);
+    assert_eq!(
+        repo.begin_deletion(&first).await.unwrap(),
+        DeletionStart::Started
+    );
+
+    // Deleting, with everything it had until the deletion's last transaction.
+    let details = repo
+        .find_cluster(&record.org, record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(details.summary.status, ClusterStatus::Deleting);
+    assert_eq!(details.nodes.len(), 3);
+    assert_eq!(cluster_rows(&mut conn, record.id).await, [1, 3, 3, 6]);
+    let listed = repo
+        .list_clusters(&record.org, &first_page())
+        .await
+        .unwrap();
+    let listed: Vec<(ClusterId, ClusterStatus)> =
+        listed.clusters.iter().map(|c| (c.id, c.status)).collect();
+    assert!(listed.contains(&(record.id, ClusterStatus::Deleting)));
+    assert!(listed.contains(&(neighbour.id, ClusterStatus::Ready)));
+    let operation = repo
+        .operation(first.lease.operation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(operation.kind, OperationKind::Delete);
+    assert_eq!(operation.org, record.org);
+    assert_eq!(operation.cluster_id, record.id);
+    assert_eq!(operation.state, OperationState::Running);
+    assert_eq!(operation.step, "begin");
+    assert_eq!(operation.owner, first.lease.owner);
+    assert_eq!(operation.problem, None);
+    assert_eq!(operation.ended_at, None);
+    assert!(operation.journal.is_empty());
+    // Leased from the database's clock.
+    assert_eq!(
+        operation.lease_expires_at,
+        Some(operation.started_at + LEASE)
+    );
+    assert_eq!(running_deletions(&mut conn, record.id).await, 1);
+    // No key was sent, none is kept.
+    assert_eq!(count_rows(&mut conn, "client_idempotency_keys").await, 0);
+
+    // The deletion journals what it deletes; another begin answers with it, journal and all,
+    // and writes nothing: no operation, no key, no change to the cluster.
+    let vm_key = format!("{}/vm/1", first.lease.operation);
+    repo.record_intents(&first.lease, &[(ResourceKind::Vm, vm_key.clone())])
+        .await
+        .unwrap();
+    let running = repo
+        .operation(first.lease.operation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.journal.len(), 1);
+    let before = snapshot(&mut conn).await;
+    let another_replica = NewDeletion {
+        lease: lease_of("replica-b"),
+        ..deletion(&record.org, record.id)
+    };
+    for again in [
+        deletion(&record.org, record.id),
+        deletion_keyed(&record.org, record.id, "delete-2", "body"),
+        another_replica,
+    ] {
+        match repo.begin_deletion(&again).await.unwrap() {
+            DeletionStart::AlreadyRunning(answered) => assert_eq!(*answered, running),
+            DeletionStart::Started => panic!("a second deletion started"),
+        }
+        assert_eq!(
+            snapshot(&mut conn).await,
+            before,
+            "answering with the running deletion wrote something"
+        );
+        assert_eq!(repo.operation(again.lease.operation).await.unwrap(), None);
+    }
+    assert_eq!(
+        repo.idempotent_operation(&record.org, &key("delete-2"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(running_deletions(&mut conn, record.id).await, 1);
+    assert_eq!(
+        status_of(&repo, &neighbour).await,
+        Some(ClusterStatus::Ready)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_deletions_of_one_cluster_at_once_start_one() {
+    let db = TestDatabase::create().await;
+    let (one, two) = (repo(&db), repo(&db));
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    for round in 0..6u8 {
+        let record = cluster_record("org-a", None, 1, now());
+        found(&one, &mut compute, &record, round + 1).await;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let attempts = [
+            deletion_keyed(&record.org, record.id, &format!("a-{round}"), "body"),
+            deletion_keyed(&record.org, record.id, &format!("b-{round}"), "body"),
+        ];
+        let racing = [
+            (one.clone(), attempts[0].clone()),
+            (two.clone(), attempts[1].clone()),
+        ]
+        .map(|(replica, attempt)| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                replica.begin_deletion(&attempt).await
+            })
+        });
+        let mut outcomes = Vec::new();
+        for task in racing {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        let started: Vec<usize> = (0..2)
+            .filter(|&i| outcomes[i] == DeletionStart::Started)
+            .collect();
+        assert_eq!(started.len(), 1, "round {round}: {outcomes:?}");
+        let (winner, loser) = (started[0], 1 - started[0]);
+        let DeletionStart::AlreadyRunning(answered) = &outcomes[loser] else {
+            panic!("round {round}: {outcomes:?}");
+        };
+        assert_eq!(answered.id, attempts[winner].lease.operation);
+        assert_eq!(running_deletions(&mut conn, record.id).await, 1);
+        let loser_key = &attempts[loser]
+            .idempotency
+            .as_ref()
+            .unwrap()
+            .idempotency
+            .key;
+        assert_eq!(
+            one.idempotent_operation(&record.org, loser_key)
+                .await
+                .unwrap(),
+            None,
+            "round {round}: the answered request's key was kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_keeps_its_key_and_a_taken_key_starts_nothing() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let first = cluster_record("org-a", None, 1, now());
+    let second = cluster_record("org-a", None, 1, now());
+    let theirs = cluster_record("org-b", None, 1, now());
+    for (site, record) in [&first, &second, &theirs].into_iter().enumerate() {
+        found(&repo, &mut compute, record, u8::try_from(site).unwrap() + 1).await;
+    }
+
+    let keyed_deletion = deletion_keyed(&first.org, first.id, "delete-1", "body-1");
+    assert_eq!(
+        repo.begin_deletion(&keyed_deletion).await.unwrap(),
+        DeletionStart::Started
+    );
+    let kept = repo
+        .idempotent_operation(&first.org, &key("delete-1"))
+        .await
+        .unwrap()
+        .expect("the deletion's key was not kept");
+    assert_eq!(kept.fingerprint, fingerprint("body-1"));
+    assert_eq!(kept.operation.id, keyed_deletion.lease.operation);
+    assert_eq!(kept.operation.kind, OperationKind::Delete);
+    assert_eq!(kept.operation.cluster_id, first.id);
+    let kept_for = texts(
+        &mut conn,
+        "SELECT extract(epoch FROM expires_at - created_at)::text AS value FROM client_idempotency_keys",
+    )
+    .await;
+    assert_eq!(
+        kept_for
+            .iter()
+            .map(|s| s.parse::<f64>().unwrap())
+            .collect::<Vec<_>>(),
+        [RETAIN.as_secs_f64()]
+    );
+
+    // The same key for another cluster: taken, and nothing is written.
+    let before = snapshot(&mut conn).await;
+    for body in ["body-1", "body-2"] {
+        let err = repo
+            .begin_deletion(&deletion_keyed(&second.org, second.id, "delete-1", body))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepoError::IdempotencyKeyTaken), "{err:?}");
+        assert_eq!(
+            snapshot(&mut conn).await,
+            before,
+            "a refused deletion wrote something"
+        );
+    }
+    assert_eq!(status_of(&repo, &second).await, Some(ClusterStatus::Ready));
+    // Another organization's key of the same text is its own.
+    assert_eq!(
+        repo.begin_deletion(&deletion_keyed(&theirs.org, theirs.id, "delete-1", "x"))
+            .await
+            .unwrap(),
+        DeletionStart::Started
+    );
+    // Past its retention, the key is free again: the deletion taking it replaces it.
+    expire(&mut conn, "org-a", "delete-1").await;
+    let again = deletion_keyed(&second.org, second.id, "delete-1", "body-2");
+    assert_eq!(
+        repo.begin_deletion(&again).await.unwrap(),
+        DeletionStart::Started
+    );
+    let replaced = repo
+        .idempotent_operation(&second.org, &key("delete-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.operation.id, again.lease.operation);
+    assert_eq!(replaced.fingerprint, fingerprint("body-2"));
+    assert_eq!(
+        status_of(&repo, &second).await,
+        Some(ClusterStatus::Deleting)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finishing_a_deletion_removes_the_cluster_with_every_row_hanging_off_it() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let doomed = cluster_record("org-a", Some("doomed"), 3, now());
+    let founding_lease = found(&repo, &mut compute, &doomed, 1).await;
+    let kept = cluster_record("org-a", Some("kept"), 1, now());
+    found(&repo, &mut compute, &kept, 2).await;
+    let started = deletion(&doomed.org, doomed.id);
+    repo.begin_deletion(&started).await.unwrap();
+    let lease = started.lease;
+    assert_eq!(cluster_rows(&mut conn, doomed.id).await, [1, 3, 3, 6]);
+    assert_eq!(
+        repo.live_clusters(&[doomed.id]).await.unwrap(),
+        [doomed.id],
+        "a deleting cluster's resources are not orphans"
+    );
+
+    // Not this lease's: nothing changes.
+    let before = snapshot(&mut conn).await;
+    for stranger in [
+        Lease {
+            operation: lease.operation,
+            owner: ReplicaId::new("replica-b"),
+        },
+        lease_of(REPLICA),
+    ] {
+        let err = repo.finish_deletion(&stranger).await.unwrap_err();
+        assert!(matches!(err, RepoError::LeaseLost), "{err:?}");
+        assert_eq!(snapshot(&mut conn).await, before, "{stranger:?} wrote");
+    }
+
+    repo.finish_deletion(&lease).await.unwrap();
+
+    assert_eq!(cluster_rows(&mut conn, doomed.id).await, [0, 0, 0, 0]);
+    assert_eq!(status_of(&repo, &doomed).await, None);
+    // The other cluster keeps all of its rows.
+    assert_eq!(cluster_rows(&mut conn, kept.id).await, [1, 1, 1, 6]);
+    assert_eq!(status_of(&repo, &kept).await, Some(ClusterStatus::Ready));
+    assert_eq!(count_rows(&mut conn, "etcdnodes").await, 1);
+    assert_eq!(count_rows(&mut conn, "apiservernodes").await, 1);
+    assert_eq!(count_rows(&mut conn, "clustercerts").await, 6);
+    let operation = repo.operation(lease.operation).await.unwrap().unwrap();
+    assert_eq!(operation.state, OperationState::Succeeded);
+    assert_eq!(operation.lease_expires_at, None);
+    assert!(operation.ended_at.is_some());
+    assert_eq!(operation.problem, None);
+    // Operations stay, for the record: the founding's as well.
+    assert_eq!(
+        repo.operation(founding_lease.operation)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        OperationState::Succeeded
+    );
+    // Neither a row nor a running operation: what is left of it is an orphan.
+    assert!(repo.live_clusters(&[doomed.id]).await.unwrap().is_empty());
+    // Ended: the lease writes nothing more.
+    let before = snapshot(&mut conn).await;
+    let err = repo.finish_deletion(&lease).await.unwrap_err();
+    assert!(matches!(err, RepoError::LeaseLost), "{err:?}");
+    assert_eq!(snapshot(&mut conn).await, before);
+    // The name is free again.
+    repo.begin_founding(&founding(&cluster_record(
+        "org-a",
+        Some("doomed"),
+        1,
+        now(),
+    )))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_deletion_leaves_the_cluster_deleting_and_another_deletion_can_start() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 3, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let first = deletion(&record.org, record.id);
+    repo.begin_deletion(&first).await.unwrap();
+    let vm_key = format!("{}/vm/1", first.lease.operation);
+    repo.record_intents(&first.lease, &[(ResourceKind::Vm, vm_key.clone())])
+        .await
+        .unwrap();
+
+    repo.fail_operation(&first.lease, &problem()).await.unwrap();
+
+    let failed = repo
+        .operation(first.lease.operation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.state, OperationState::Failed);
+    assert_eq!(failed.problem, Some(problem()));
+    assert_eq!(failed.journal.len(), 1);
+    // The cluster stays deleting, with every row: its resources may be partly gone.
+    let details = repo
+        .find_cluster(&record.org, record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(details.summary.status, ClusterStatus::Deleting);
+    assert_eq!(details.nodes.len(), 3);
+    assert_eq!(cluster_rows(&mut conn, record.id).await, [1, 3, 3, 6]);
+    assert_eq!(running_deletions(&mut conn, record.id).await, 0);
+    assert_eq!(repo.live_clusters(&[record.id]).await.unwrap(), [record.id]);
+    // A deleting cluster boots no node.
+    let node = plinth_domain::model::NodeName::new(
+        record.id,
+        plinth_domain::model::NodeOrdinal::new(1).unwrap(),
+    );
+    assert_eq!(
+        repo.bootstrap_material(record.id, &node).await.unwrap(),
+        None
+    );
+
+    // Another DELETE starts a new deletion.
+    let second = deletion(&record.org, record.id);
+    assert_eq!(
+        repo.begin_deletion(&second).await.unwrap(),
+        DeletionStart::Started
+    );
+    let running = repo
+        .operation(second.lease.operation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.kind, OperationKind::Delete);
+    assert_eq!(running.state, OperationState::Running);
+    assert!(running.journal.is_empty());
+    assert_eq!(running_deletions(&mut conn, record.id).await, 1);
+    assert_eq!(
+        repo.operation(first.lease.operation)
+            .await
+            .unwrap()
+            .unwrap(),
+        failed,
+        "the failed deletion changed"
+    );
+    repo.finish_deletion(&second.lease).await.unwrap();
+    assert_eq!(cluster_rows(&mut conn, record.id).await, [0, 0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_deletion_is_taken_over_and_finished_by_its_new_owner() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut compute = db.connect().await;
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 1, now());
+    found(&repo, &mut compute, &record, 1).await;
+    let expired = NewDeletion {
+        lease_for: Duration::ZERO,
+        ..deletion(&record.org, record.id)
+    };
+    repo.begin_deletion(&expired).await.unwrap();
+    // Expired but running: another DELETE still answers with it.
+    assert!(matches!(
+        repo.begin_deletion(&deletion(&record.org, record.id))
+            .await
+            .unwrap(),
+        DeletionStart::AlreadyRunning(running) if running.id == expired.lease.operation
+    ));
+
+    let b = ReplicaId::new("replica-b");
+    let claimed = repo.claim_expired(&b, LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].id, expired.lease.operation);
+    assert_eq!(claimed[0].kind, OperationKind::Delete);
+    assert_eq!(claimed[0].cluster_id, record.id);
+    assert_eq!(claimed[0].owner, b);
+    assert_eq!(claimed[0].state, OperationState::Running);
+
+    // The old owner can no longer finish it; the new one can.
+    let before = snapshot(&mut conn).await;
+    let err = repo.finish_deletion(&expired.lease).await.unwrap_err();
+    assert!(matches!(err, RepoError::LeaseLost), "{err:?}");
+    assert_eq!(snapshot(&mut conn).await, before);
+    assert_eq!(
+        status_of(&repo, &record).await,
+        Some(ClusterStatus::Deleting)
+    );
+    let taken = Lease {
+        operation: expired.lease.operation,
+        owner: b,
+    };
+    repo.finish_deletion(&taken).await.unwrap();
+    assert_eq!(status_of(&repo, &record).await, None);
+    assert_eq!(cluster_rows(&mut conn, record.id).await, [0, 0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foundings_lease_cannot_end_its_operation_as_a_deletion() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let mut conn = db.connect().await;
+    let record = cluster_record("org-a", None, 1, now());
+    let lease = begin(&repo, &record).await;
+    // However its cluster came to be deleting while the founding still runs, the founding's
+    // lease does not remove it.
+    sql_query(format!(
+        "UPDATE kubeclusters SET status = 'deleting', \
+         certificates_expire_at = now() + interval '1 year' WHERE id = '{}'",
+        record.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let before = snapshot(&mut conn).await;
+    let err = repo.finish_deletion(&lease).await.unwrap_err();
+    let RepoError::Unexpected(e) = &err else {
+        panic!("expected a refusal, got {err:?}");
+    };
+    assert!(e.to_string().contains("not a deletion"), "{e}");
+    assert_eq!(snapshot(&mut conn).await, before);
 }
 
 // ---- migrations -------------------------------------------------------------------------------

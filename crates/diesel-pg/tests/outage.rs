@@ -15,7 +15,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use plinth_diesel_pg::testing::{migrate_everything, url_for_database};
 use plinth_diesel_pg::{Envelope, PgRepo, PgSettings};
 use plinth_domain::model::{
-    ClusterStatus, IdempotencyKey, OperationState, ReplicaId, SecretText, VmId,
+    BootstrapTokenHash, ClusterStatus, IdempotencyKey, NodeName, NodeOrdinal, OperationState,
+    ReplicaId, SecretText, VmId,
 };
 use plinth_domain::ports::operations::{Lease, Operations, ResourceKind};
 use plinth_domain::ports::repo::{DnsOutcome, NewClusterRecord, PageRequest, Repo, RepoError};
@@ -24,7 +25,7 @@ use time::OffsetDateTime;
 
 mod common;
 
-use common::{LEASE, founding, founding_rows, lock_operation, release};
+use common::{LEASE, deletion, founding, founding_rows, lock_operation, release};
 
 const MASTER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 
@@ -230,8 +231,55 @@ async fn postgres_stopping_mid_founding_yields_unavailable_and_the_repo_recovers
             &PageRequest {
                 limit: 10,
                 after: None,
+                expiring_before: None,
             },
         ),
+    )
+    .await;
+    unavailable(
+        "listing clusters by expiry",
+        repo.list_clusters(
+            &record.org,
+            &PageRequest {
+                limit: 10,
+                after: None,
+                expiring_before: Some(OffsetDateTime::now_utc()),
+            },
+        ),
+    )
+    .await;
+    unavailable(
+        "beginning a deletion",
+        repo.begin_deletion(&deletion(&record.org, record.id)),
+    )
+    .await;
+    unavailable("finishing a deletion", repo.finish_deletion(&lease)).await;
+    let node = NodeName::new(record.id, NodeOrdinal::new(1).unwrap());
+    let token = BootstrapTokenHash::of("token");
+    unavailable(
+        "noting a bootstrap fetch",
+        repo.note_bootstrap_fetch(record.id, &node, &token),
+    )
+    .await;
+    unavailable(
+        "replacing a bootstrap token",
+        repo.replace_bootstrap_token(
+            &record.org,
+            record.id,
+            &node,
+            &token,
+            OffsetDateTime::now_utc(),
+        ),
+    )
+    .await;
+    unavailable(
+        "reading a cluster's certificates",
+        repo.cluster_certificates(&record.org, record.id),
+    )
+    .await;
+    unavailable(
+        "reading bootstrap material",
+        repo.bootstrap_material(record.id, &node),
     )
     .await;
     unavailable("reading the operation", repo.operation(lease.operation)).await;

@@ -1,5 +1,8 @@
-//! plinth's domain: the cluster model, the `FoundCluster` use case that founds a Kubernetes
-//! control plane, and the ports it drives (`Repo`, `Compute`, `Dns`, `Pki`).
+//! plinth's domain: the cluster model; the use cases — `FoundCluster` (a Kubernetes control
+//! plane, as a journaled saga, with its supervisor and replays), `DeleteCluster`, `Recovery`,
+//! `FetchBundle` and `ReissueToken` (the boot path), `IssueCredentials` and
+//! `CertificateExpiries`; and the ports they drive (`Repo`, `Operations`, `Compute`, `Dns`,
+//! `Pki`, `Observer`).
 //!
 //! This crate is the centre of the hexagon. It knows no adapter, no web framework and no
 //! database: adapters depend on it, never the reverse (`make lint` checks that with `cargo tree`).
@@ -8,6 +11,8 @@
 
 pub mod bootstrap;
 pub mod credentials;
+pub mod delete_cluster;
+pub mod expiry;
 pub mod found_cluster;
 pub mod model;
 pub mod ports;

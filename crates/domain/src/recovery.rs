@@ -2,7 +2,8 @@
 //! left behind, whatever dies when.
 //!
 //! - [`Recovery::recover_expired`] takes over operations whose replica stopped renewing their
-//!   lease (it died, was killed, lost the database) and rolls them back from their journal.
+//!   lease (it died, was killed, lost the database): it rolls a founding back from its journal,
+//!   and finishes a deletion.
 //!   Any number of replicas may run it at once: each operation goes to one of them.
 //! - [`Recovery::sweep_orphans`] lists the platform's resources by plinth's tags and deletes
 //!   those whose cluster has neither a row nor a running operation, once they are older than a
@@ -17,8 +18,9 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 
+use crate::delete_cluster::DeleteCluster;
 use crate::found_cluster::{CreatedResource, FailureKind, Leasing, roll_back, tags};
-use crate::model::{ClusterId, SecurityGroupId, VmId};
+use crate::model::{ClusterId, OperationKind, SecurityGroupId, VmId};
 use crate::ports::Chain;
 use crate::ports::compute::{Compute, ComputeError, TaggedResource};
 use crate::ports::observer::Observer;
@@ -76,6 +78,7 @@ impl RecoverySection {
 
 /// The recovery use case.
 pub struct Recovery {
+    deletions: Arc<DeleteCluster>,
     operations: Arc<dyn Operations>,
     compute: Arc<dyn Compute>,
     observer: Arc<dyn Observer>,
@@ -93,8 +96,10 @@ impl std::fmt::Debug for Recovery {
 }
 
 impl Recovery {
-    /// Wires the use case for the replica `leasing.owner`.
+    /// Wires the use case for the replica `leasing.owner`; `deletions` finishes the deletions
+    /// it takes over.
     pub fn new(
+        deletions: Arc<DeleteCluster>,
         operations: Arc<dyn Operations>,
         compute: Arc<dyn Compute>,
         observer: Arc<dyn Observer>,
@@ -102,6 +107,7 @@ impl Recovery {
         orphan_grace: Duration,
     ) -> Self {
         Self {
+            deletions,
             operations,
             compute,
             observer,
@@ -131,13 +137,20 @@ impl Recovery {
         Ok(ended)
     }
 
-    /// Rolls one claimed operation back; whether it ended.
+    /// Rolls one claimed founding back, or finishes a deletion; whether it ended.
     async fn recover(&self, operation: &OperationRecord) -> bool {
-        tracing::warn!(step = %operation.step, "taking over an abandoned operation to roll it back");
         let lease = Lease {
             operation: operation.id,
             owner: self.leasing.owner.clone(),
         };
+        if operation.kind == OperationKind::Delete {
+            // A deletion only goes forward: every step is safe to run again.
+            tracing::warn!(step = %operation.step, "taking over an abandoned deletion to finish it");
+            self.observer.operation_recovered(operation.kind);
+            self.deletions.resume(&lease, operation).await;
+            return true;
+        }
+        tracing::warn!(step = %operation.step, "taking over an abandoned operation to roll it back");
         let cleanup = roll_back(
             self.compute.as_ref(),
             self.operations.as_ref(),

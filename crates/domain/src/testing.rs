@@ -27,7 +27,9 @@ use crate::model::{
 };
 use crate::ports::observer::Observer;
 use crate::ports::operations::{OperationProblem, OperationRecord, ResourceKind};
-use crate::ports::pki::{CertifiedKey, ClusterCa, ServiceAccountKeyPair};
+use crate::ports::pki::{
+    CertificateFacts, CertifiedKey, ClusterCa, PkiError, ServiceAccountKeyPair,
+};
 use crate::ports::repo::{ClusterDetails, ClusterSecurityGroups, ClusterSummary, NewClusterRecord};
 
 /// The DNS zone of test foundings (PowerDNS tests create it; nothing outside resolves `.test`).
@@ -63,6 +65,30 @@ pub fn certified(label: &str) -> CertifiedKey {
         cert_pem: format!("cert of {label}"),
         key_pem: SecretText::new(format!("key of {label}")),
     }
+}
+
+/// When [`certificate_facts`] says a stand-in certificate expires: kubelet certificates at
+/// [`earliest_not_after`], every other one a day later.
+pub fn stand_in_not_after(cert_pem: &str) -> OffsetDateTime {
+    if cert_pem.contains("kubelet") {
+        earliest_not_after()
+    } else {
+        earliest_not_after() + time::Duration::days(1)
+    }
+}
+
+/// The earliest `notAfter` of a stand-in cluster (its kubelet certificates'): 2027-12-02 12:00
+/// UTC.
+pub fn earliest_not_after() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_827_748_800).unwrap()
+}
+
+/// What a PKI double says of a stand-in certificate: serial `01`, [`stand_in_not_after`].
+pub fn certificate_facts(cert_pem: &str) -> Result<CertificateFacts, PkiError> {
+    Ok(CertificateFacts {
+        serial_hex: "01".to_owned(),
+        not_after: stand_in_not_after(cert_pem),
+    })
 }
 
 /// A PEM-shaped stand-in certificate (`CERT-<label>`) and key (`SECRET-<label>`).

@@ -1,6 +1,7 @@
 //! What the routes answer: the founded cluster, a listing page, one cluster, an operation,
 //! fresh credentials.
 
+use plinth_domain::expiry::ExpiryReport;
 use plinth_domain::found_cluster::{FoundedCluster, bootstrap_path_template};
 use plinth_domain::model::{ClusterId, Networking, OperationId, OperationKind, OperationState};
 use plinth_domain::ports::operations::OperationRecord;
@@ -188,7 +189,8 @@ pub struct ClusterBody {
     pub cluster_id: String,
     /// Name, if any.
     pub name: Option<String>,
-    /// `provisioning` while its founding runs (no nodes yet), then `ready`.
+    /// `provisioning` while its founding runs (no nodes yet), then `ready`; `deleting` while
+    /// (or after a failed) deletion.
     pub status: String,
     /// Node count.
     pub control_plane_count: u8,
@@ -214,6 +216,8 @@ pub struct ClusterBody {
     pub ca_cert: Option<String>,
     /// `/bootstrap/{cluster_id}/nodes/{node_name}`.
     pub bootstrap_path_template: String,
+    /// When its certificates expire; absent for a cluster without any yet.
+    pub certificates: Option<CertificatesBody>,
     /// Whether plinth published the control-plane name; absent until the founding has tried.
     pub dns_configured: Option<bool>,
     /// Why not, when it did not.
@@ -245,6 +249,7 @@ impl From<ClusterDetails> for ClusterBody {
             nodes: d.nodes.iter().map(NodeBody::from).collect(),
             ca_cert: d.ca_cert_pem,
             bootstrap_path_template: bootstrap_path_template(d.summary.id),
+            certificates: None,
             dns_configured: d.dns.as_ref().map(|dns| dns.configured),
             dns_error: d.dns.and_then(|dns| dns.error),
             created_at: rfc3339(d.summary.created_at),
@@ -274,13 +279,13 @@ pub struct OperationBody {
 }
 
 impl OperationBody {
-    /// A founding that has just claimed its name, when its row cannot be read back.
-    pub fn started(operation: OperationId, cluster: ClusterId) -> Self {
+    /// An operation that has just started, when its row cannot be read back.
+    pub fn started(kind: OperationKind, operation: OperationId, cluster: ClusterId) -> Self {
         Self {
             operation_id: operation.to_string(),
-            kind: OperationKind::Found.to_string(),
+            kind: kind.to_string(),
             state: OperationState::Running.to_string(),
-            step: "claim_name".to_owned(),
+            step: "begin".to_owned(),
             cluster_id: cluster.to_string(),
             started_at: rfc3339(OffsetDateTime::now_utc()),
             ended_at: None,
@@ -315,4 +320,49 @@ pub struct CredentialsBody {
     pub kubeconfig: String,
     /// When its client certificate expires (its `notAfter`), RFC 3339.
     pub expires_at: String,
+}
+
+/// A node's new bootstrap token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReissuedTokenBody {
+    /// The token (shown once; plinth keeps only its hash).
+    pub token: String,
+    /// When it stops working (sooner once a bundle was fetched with it), RFC 3339.
+    pub expires_at: String,
+    /// The node's userdata shim with the new token, for a VM rebuilt.
+    pub user_data: String,
+}
+
+/// One certificate's expiry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateExpiryBody {
+    /// e.g. `ca`, `etcd-ca`, `apiserver-etcd-client`, `cp-1.cluster-<id>.internal/apiserver`.
+    pub name: String,
+    /// Its `notAfter`, RFC 3339.
+    pub not_after: String,
+}
+
+/// When a cluster's certificates expire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificatesBody {
+    /// The earliest `notAfter` of all, RFC 3339; absent while there is none yet.
+    pub earliest_not_after: Option<String>,
+    /// Every certificate: the CAs, the shared client certificates, then each node's.
+    pub certificates: Vec<CertificateExpiryBody>,
+}
+
+impl From<ExpiryReport> for CertificatesBody {
+    fn from(report: ExpiryReport) -> Self {
+        Self {
+            earliest_not_after: report.earliest.map(rfc3339),
+            certificates: report
+                .certificates
+                .into_iter()
+                .map(|c| CertificateExpiryBody {
+                    name: c.name,
+                    not_after: rfc3339(c.not_after),
+                })
+                .collect(),
+        }
+    }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{AppState, archive};
+use crate::metrics::metrics;
 use crate::problem::{ApiError, Problem};
 
 /// A file of a bundle, in its JSON form.
@@ -63,7 +64,9 @@ fn wants_json(req: &HttpRequest) -> bool {
 /// A node's bootstrap bundle — kubeadm's `/etc/kubernetes` for that node — for the holder of its
 /// bootstrap token (`Authorization: Bearer <token>`, from the node's userdata). A gzip tar by
 /// default, with its SHA-256 in `X-Bundle-Sha256`; JSON with `Accept: application/json`. A
-/// wrong, expired or other node's token, or a node that does not exist, is the same 401.
+/// wrong, expired or other node's token, one past its reuse window
+/// (`bootstrap.token_reuse_window_secs` after its first fetch), or a node that does not exist,
+/// is the same 401.
 #[utoipa::path(get, path = "/bootstrap/{cluster_id}/nodes/{node_name}", tag = "bootstrap",
     params(("cluster_id" = String, Path, description = "Cluster id"),
            ("node_name" = String, Path, description = "cp-{n}.cluster-{id}.internal")),
@@ -87,12 +90,14 @@ pub async fn fetch_bundle(
         .unwrap_or("");
     let result = state.bundles.fetch(&cluster, &node, token).await;
     let outcome = match &result {
-        Ok(_) => "served",
+        Ok(_) => "ok",
         Err(FetchBundleError::Unauthorized) => "refused",
-        Err(_) => "failed",
+        Err(FetchBundleError::Burned) => "burned",
+        Err(_) => "error",
     };
-    // Every fetch is logged; the token never is.
+    // Every fetch is logged and counted; the token never is logged.
     tracing::info!(cluster = %cluster, node = %node, outcome, "bootstrap bundle fetch");
+    metrics().bootstrap_fetch(outcome);
     let bundle = result?;
     if wants_json(&req) {
         return Ok(HttpResponse::Ok()

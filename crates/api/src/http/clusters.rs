@@ -2,12 +2,14 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use plinth_domain::expiry::ExpiryError;
 use plinth_domain::model::ClusterId;
+use plinth_domain::ports::Chain;
 use plinth_domain::ports::repo::PageRequest;
 use serde::Deserialize;
 
 use plinth_domain::found_cluster::{FoundedCluster, Replay, Submitted};
-use plinth_domain::model::Idempotency;
+use plinth_domain::model::{Idempotency, OperationKind};
 
 use super::bodies::{
     ClusterBody, ClusterPageBody, ClusterSummaryBody, FoundedClusterBody, OperationBody,
@@ -102,7 +104,7 @@ pub async fn create_cluster(
                 .ok()
                 .flatten();
             let body = operation.as_ref().map_or_else(
-                || OperationBody::started(started.operation, started.cluster),
+                || OperationBody::started(OperationKind::Found, started.operation, started.cluster),
                 OperationBody::from,
             );
             Ok(accepted(body, false))
@@ -183,6 +185,10 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     cursor: Option<String>,
+    /// RFC 3339: only clusters with a certificate expiring before then (pass it again with
+    /// `cursor` for the next page).
+    #[param(value_type = Option<String>, format = DateTime)]
+    expiring_before: Option<String>,
 }
 
 impl ListQuery {
@@ -208,8 +214,23 @@ impl ListQuery {
             }
             decoded
         });
+        let expiring_before = self.expiring_before.as_deref().and_then(|raw| {
+            let parsed =
+                time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339);
+            if parsed.is_err() {
+                errors.push(FieldError::new(
+                    "expiring_before",
+                    "is not an RFC 3339 time, e.g. 2027-01-31T00:00:00Z",
+                ));
+            }
+            parsed.ok()
+        });
         if errors.is_empty() {
-            Ok(PageRequest { limit, after })
+            Ok(PageRequest {
+                limit,
+                after,
+                expiring_before,
+            })
         } else {
             Err(ApiError::invalid(errors))
         }
@@ -240,7 +261,8 @@ pub async fn list_clusters(
     }))
 }
 
-/// One of the organization's clusters (another organization's is not found).
+/// One of the organization's clusters (another organization's is not found), with when each of
+/// its certificates expires.
 #[utoipa::path(get, path = "/clusters/{id}", tag = "clusters",
     params(("id" = String, Path, format = Uuid, description = "Cluster id")),
     responses((status = 200, body = ClusterBody),
@@ -261,5 +283,24 @@ pub async fn get_cluster(
         .await
         .map_err(|e| repo_error(&e))?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(ClusterBody::from(details)))
+    let report = state
+        .expiries
+        .report(&caller.org, cluster)
+        .await
+        .map_err(|e| match e {
+            ExpiryError::Database(e) => repo_error(&e),
+            other => {
+                tracing::error!(error = %Chain(&other), "reading a cluster's certificates failed");
+                ApiError::new(
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the cluster's certificates cannot be read",
+                )
+            }
+        })?;
+    let mut body = ClusterBody::from(details);
+    body.certificates = report
+        .filter(|r| !r.certificates.is_empty())
+        .map(Into::into);
+    Ok(HttpResponse::Ok().json(body))
 }

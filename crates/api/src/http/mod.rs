@@ -11,6 +11,7 @@ mod credentials;
 mod cursor;
 mod health;
 mod idempotency;
+mod lifecycle;
 pub mod openapi;
 mod operations;
 
@@ -22,8 +23,10 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{App, HttpRequest, HttpResponse, middleware, web};
 use futures::StreamExt as _;
-use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::bootstrap::{FetchBundle, ReissueToken};
 use plinth_domain::credentials::IssueCredentials;
+use plinth_domain::delete_cluster::DeleteCluster;
+use plinth_domain::expiry::CertificateExpiries;
 use plinth_domain::found_cluster::Foundings;
 use plinth_domain::ports::operations::Operations;
 use plinth_domain::ports::repo::Repo;
@@ -41,6 +44,12 @@ pub struct AppState {
     pub foundings: Foundings,
     /// Admin credentials on demand.
     pub credentials: IssueCredentials,
+    /// Deletions (run under the foundings' bound and drain).
+    pub deletions: Arc<DeleteCluster>,
+    /// New bootstrap tokens for nodes.
+    pub tokens: ReissueToken,
+    /// Certificate expiry reports.
+    pub expiries: CertificateExpiries,
     /// The bootstrap bundle use case.
     pub bundles: FetchBundle,
     /// Cluster truth, for the reads and readiness.
@@ -95,11 +104,17 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/clusters/{id}")
                 .route(web::get().to(clusters::get_cluster))
+                .route(web::delete().to(lifecycle::delete_cluster))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
             web::resource("/clusters/{id}/credentials")
                 .route(web::post().to(credentials::issue_credentials))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/clusters/{id}/nodes/{node_name}/bootstrap-token")
+                .route(web::post().to(lifecycle::reissue_bootstrap_token))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -5,13 +5,14 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::bodies::{
-    ClusterBody, ClusterPageBody, ClusterSummaryBody, CredentialsBody, DnsRecordBody,
-    FoundedClusterBody, NetworkingBody, NodeBody, OperationBody,
+    CertificateExpiryBody, CertificatesBody, ClusterBody, ClusterPageBody, ClusterSummaryBody,
+    CredentialsBody, DnsRecordBody, FoundedClusterBody, NetworkingBody, NodeBody, OperationBody,
+    ReissuedTokenBody,
 };
 use super::bootstrap::{BundleBody, BundleFileBody};
 use super::create_body::CreateClusterBody;
 use super::credentials::CredentialsRequestBody;
-use super::{bootstrap, clusters, credentials, health, operations};
+use super::{bootstrap, clusters, credentials, health, lifecycle, operations};
 use crate::problem::{CleanupBody, FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -20,11 +21,13 @@ use crate::problem::{CleanupBody, FieldError, Problem};
         its control-plane VMs and its node records, with an admin kubeconfig in the answer. Each \
         VM fetches its own files from the bootstrap route. See docs/ARCHITECTURE.md §3."),
     paths(clusters::create_cluster, clusters::list_clusters, clusters::get_cluster,
+        lifecycle::delete_cluster, lifecycle::reissue_bootstrap_token,
         credentials::issue_credentials, operations::get_operation,
         bootstrap::fetch_bundle, health::healthz, health::readyz, health::prometheus),
     components(schemas(CreateClusterBody, FoundedClusterBody, NetworkingBody, NodeBody, DnsRecordBody,
         ClusterPageBody, ClusterSummaryBody, ClusterBody, BundleBody, BundleFileBody, Problem, FieldError,
-        CleanupBody, OperationBody, CredentialsBody, CredentialsRequestBody)),
+        CleanupBody, OperationBody, CredentialsBody, CredentialsRequestBody, ReissuedTokenBody,
+        CertificatesBody, CertificateExpiryBody)),
     modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;

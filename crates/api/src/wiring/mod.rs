@@ -12,8 +12,10 @@ use actix_web::{HttpServer, web};
 use anyhow::Context as _;
 use plinth_diesel_pg::PgRepo;
 use plinth_domain::FoundCluster;
-use plinth_domain::bootstrap::FetchBundle;
+use plinth_domain::bootstrap::{FetchBundle, ReissueToken};
 use plinth_domain::credentials::IssueCredentials;
+use plinth_domain::delete_cluster::{DeleteCluster, DeletionPorts};
+use plinth_domain::expiry::CertificateExpiries;
 use plinth_domain::found_cluster::{FoundingPorts, Foundings, Leasing};
 use plinth_domain::model::ReplicaId;
 use plinth_domain::ports::Chain;
@@ -165,8 +167,27 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     };
     let credentials =
         IssueCredentials::new(repo.clone(), ports.pki.clone(), config.credentials_lifetime);
+    let tokens = ReissueToken::new(
+        repo.clone(),
+        config.founding.bootstrap_base_url.clone(),
+        config.founding.bootstrap_token_ttl,
+    );
+    let expiries = CertificateExpiries::new(repo.clone(), ports.pki.clone());
+    let deletions = Arc::new(DeleteCluster::new(
+        DeletionPorts {
+            repo: repo.clone(),
+            operations: repo.clone(),
+            compute: compute.clone(),
+            dns: ports.dns.clone(),
+            observer: observer.clone(),
+        },
+        leasing.clone(),
+        config.founding.deadline,
+        config.idempotency,
+    ));
     let found = FoundCluster::new(ports, config.founding.clone(), leasing.clone());
     let recovery = Recovery::new(
+        deletions.clone(),
         repo.clone(),
         compute,
         observer,
@@ -178,6 +199,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
         state: AppState {
             foundings: Foundings::new(found, config.idempotency),
             credentials,
+            deletions,
+            tokens,
+            expiries,
             bundles,
             operations: repo.clone(),
             repo,

@@ -46,6 +46,7 @@ fn material(cluster: ClusterId, token: &BootstrapToken) -> BootstrapMaterial {
         kubelet_cert: pem_certified("kubelet"),
         bootstrap_token_hash: token.hash(),
         bootstrap_token_expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+        bootstrap_token_first_used_at: None,
     }
 }
 
@@ -57,6 +58,10 @@ fn serving(cluster: ClusterId, token: &BootstrapToken) -> Doubles {
         .repo
         .expect_bootstrap_material()
         .returning(move |_, node| Ok((node == &material.node.name).then(|| material.clone())));
+    doubles
+        .repo
+        .expect_note_bootstrap_fetch()
+        .returning(|_, _, _| Ok(()));
     doubles
 }
 

@@ -11,6 +11,7 @@ mod bootstrap;
 mod credentials;
 mod founding;
 mod idempotency;
+mod lifecycle;
 mod reads;
 mod service;
 mod support;

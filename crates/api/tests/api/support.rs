@@ -14,8 +14,10 @@ use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use plinth_api::auth::{AuthSettings, Authenticator};
 use plinth_api::http::{AppState, app};
 use plinth_domain::FoundCluster;
-use plinth_domain::bootstrap::{BundleSettings, FetchBundle};
+use plinth_domain::bootstrap::{BundleSettings, FetchBundle, ReissueToken};
 use plinth_domain::credentials::IssueCredentials;
+use plinth_domain::delete_cluster::{DeleteCluster, DeletionPorts};
+use plinth_domain::expiry::CertificateExpiries;
 use plinth_domain::found_cluster::{
     FoundingPorts, FoundingSettings, Foundings, IdempotencySettings, Leasing,
 };
@@ -165,14 +167,32 @@ impl Doubles {
             lease: Duration::from_secs(30),
         };
         let lifetime = settings.admin_lifetime;
+        let idempotency = IdempotencySettings {
+            retention: Duration::from_secs(24 * 3600),
+        };
+        let deletions = DeleteCluster::new(
+            DeletionPorts {
+                repo: repo.clone(),
+                operations: operations.clone(),
+                compute: ports.compute.clone(),
+                dns: ports.dns.clone(),
+                observer: Arc::new(Unobserved),
+            },
+            leasing.clone(),
+            settings.deadline,
+            idempotency,
+        );
+        let tokens = ReissueToken::new(
+            repo.clone(),
+            settings.bootstrap_base_url.clone(),
+            settings.bootstrap_token_ttl,
+        );
         web::Data::new(AppState {
-            foundings: Foundings::new(
-                FoundCluster::new(ports, settings, leasing),
-                IdempotencySettings {
-                    retention: Duration::from_secs(24 * 3600),
-                },
-            ),
-            credentials: IssueCredentials::new(repo.clone(), pki, lifetime),
+            foundings: Foundings::new(FoundCluster::new(ports, settings, leasing), idempotency),
+            credentials: IssueCredentials::new(repo.clone(), pki.clone(), lifetime),
+            deletions: Arc::new(deletions),
+            tokens,
+            expiries: CertificateExpiries::new(repo.clone(), pki),
             bundles: FetchBundle::new(repo.clone(), BundleSettings::default()),
             repo,
             operations,
@@ -311,6 +331,9 @@ fn when<T>(failing: bool, error: impl FnOnce() -> T) -> Result<(), T> {
 /// unless `cleanup_fails`.
 pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
     let mut d = Doubles::new();
+    d.pki
+        .expect_certificate_facts()
+        .returning(plinth_domain::testing::certificate_facts);
     d.pki.expect_create_cluster_ca().returning(move |_| {
         when(fail == Fail::CreateCa, || {
             PkiError::Failed("entropy".into())

@@ -17,7 +17,7 @@ use plinth_domain::model::{
     ReplicaId, SecretText, SecurityGroupId, VmId,
 };
 use plinth_domain::ports::operations::{
-    FoundingRows, Lease, NewFounding, Operations, ResourceKind,
+    FoundingRows, Lease, NewDeletion, NewFounding, Operations, ResourceKind,
 };
 use plinth_domain::ports::pki::SharedClientCerts;
 use plinth_domain::ports::repo::{
@@ -128,7 +128,13 @@ pub fn shared(cluster: ClusterId) -> SharedClientCerts {
     .unwrap()
 }
 
-/// What `finish_founding` writes for `record`, its nodes placed at `site`.
+/// When the fixtures' certificates expire: a year after the cluster's founding.
+pub fn expiry_of(record: &NewClusterRecord) -> OffsetDateTime {
+    record.created_at + time::Duration::days(365)
+}
+
+/// What `finish_founding` writes for `record`, its nodes placed at `site`; its certificates
+/// expire at [`expiry_of`] the record.
 pub fn founding_rows(record: &NewClusterRecord, site: u8) -> FoundingRows {
     let id = record.id;
     let nodes: Vec<NodePlacement> = (1..=record.spec.control_plane_count.get())
@@ -156,6 +162,7 @@ pub fn founding_rows(record: &NewClusterRecord, site: u8) -> FoundingRows {
             })
             .collect(),
         shared: shared(id),
+        certificates_expire_at: expiry_of(record),
     }
 }
 
@@ -191,6 +198,17 @@ pub async fn found(
     compute: &mut AsyncPgConnection,
     record: &NewClusterRecord,
     site: u8,
+) -> Lease {
+    found_expiring(repo, compute, record, site, expiry_of(record)).await
+}
+
+/// [`found`], the certificates expiring at `expires_at`.
+pub async fn found_expiring(
+    repo: &PgRepo,
+    compute: &mut AsyncPgConnection,
+    record: &NewClusterRecord,
+    site: u8,
+    expires_at: OffsetDateTime,
 ) -> Lease {
     let id = record.id;
     let count = record.spec.control_plane_count.get();
@@ -234,10 +252,24 @@ pub async fn found(
     let vm_ids: Vec<VmId> = (1..=count).map(|n| vm_id(id, n)).collect();
     let identities = repo.vm_identities(&vm_ids).await.unwrap();
     assert_eq!(identities.len(), usize::from(count));
-    repo.finish_founding(&lease, &founding_rows(record, site))
-        .await
-        .unwrap();
+    let rows = FoundingRows {
+        certificates_expire_at: expires_at,
+        ..founding_rows(record, site)
+    };
+    repo.finish_founding(&lease, &rows).await.unwrap();
     lease
+}
+
+/// The deletion of `org`'s cluster `cluster` as [`REPLICA`], leased for [`LEASE`], without an
+/// idempotency key.
+pub fn deletion(org: &OrgId, cluster: ClusterId) -> NewDeletion {
+    NewDeletion {
+        lease: lease_of(REPLICA),
+        lease_for: LEASE,
+        org: org.clone(),
+        cluster,
+        idempotency: None,
+    }
 }
 
 #[derive(QueryableByName)]

@@ -3,16 +3,20 @@
 //! nothing signed at fetch time.
 
 mod manifests;
+mod reissue;
 
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use crate::found_cluster::{KubeconfigSpec, render_kubeconfig};
+pub use reissue::{ReissueError, ReissueToken, ReissuedToken};
+
 use crate::model::{ClusterId, NodeName, SecretText};
+use crate::ports::Chain;
 use crate::ports::pki::{CertifiedKey, SharedClientCert};
 use crate::ports::repo::{BootstrapMaterial, Repo, RepoError};
-use crate::settings::SettingsError;
+use crate::settings::{SettingsError, positive};
 
 /// What a deployment configures about the control plane its nodes run: the `[bootstrap]`
 /// section (check it with [`BundleSettings::checked`]).
@@ -25,6 +29,15 @@ pub struct BundleSettings {
     pub image_repository: String,
     /// e.g. `registry.k8s.io/etcd:3.5.16-0`.
     pub etcd_image: String,
+    /// How long a node's token keeps working after its first bundle was handed out, seconds
+    /// (a node that failed half-way may fetch again meanwhile; after it, the token in the VM's
+    /// userdata is worth nothing).
+    #[serde(default = "default_token_reuse_window_secs")]
+    pub token_reuse_window_secs: u64,
+}
+
+fn default_token_reuse_window_secs() -> u64 {
+    600
 }
 
 impl BundleSettings {
@@ -33,11 +46,20 @@ impl BundleSettings {
     /// # Errors
     /// A value that is not a plain image reference or tag.
     pub fn checked(self) -> Result<Self, SettingsError> {
-        Self::new(
-            &self.kubernetes_version,
-            &self.image_repository,
-            &self.etcd_image,
-        )
+        let window = positive("token_reuse_window_secs", self.token_reuse_window_secs)?;
+        Ok(Self {
+            token_reuse_window_secs: window,
+            ..Self::new(
+                &self.kubernetes_version,
+                &self.image_repository,
+                &self.etcd_image,
+            )?
+        })
+    }
+
+    /// How long a token keeps working after its first fetch.
+    pub fn token_reuse_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.token_reuse_window_secs)
     }
 
     /// Checks the values are plain image references.
@@ -71,6 +93,7 @@ impl BundleSettings {
             kubernetes_version: kubernetes_version.to_owned(),
             image_repository: image_repository.trim_end_matches('/').to_owned(),
             etcd_image: etcd_image.to_owned(),
+            token_reuse_window_secs: default_token_reuse_window_secs(),
         })
     }
 }
@@ -81,6 +104,7 @@ impl Default for BundleSettings {
             kubernetes_version: "v1.32.4".to_owned(),
             image_repository: "registry.k8s.io".to_owned(),
             etcd_image: "registry.k8s.io/etcd:3.5.16-0".to_owned(),
+            token_reuse_window_secs: default_token_reuse_window_secs(),
         }
     }
 }
@@ -250,6 +274,10 @@ pub enum FetchBundleError {
     /// No such node, or a wrong, expired or other node's token: deliberately one answer.
     #[error("invalid bootstrap token")]
     Unauthorized,
+    /// The node's genuine token, but its reuse window after the first fetch has passed (to the
+    /// caller, the same answer as `Unauthorized`).
+    #[error("invalid bootstrap token")]
+    Burned,
     /// The database could not be read.
     #[error("cluster truth unavailable")]
     Unavailable(#[source] RepoError),
@@ -296,11 +324,27 @@ impl FetchBundle {
             .ok_or(FetchBundleError::Unauthorized)?;
         // The hash comparison is constant-time; expiry is checked after it either way.
         let genuine = material.bootstrap_token_hash.matches(token);
-        let fresh = OffsetDateTime::now_utc() < material.bootstrap_token_expires_at;
+        let now = OffsetDateTime::now_utc();
+        let fresh = now < material.bootstrap_token_expires_at;
         if !(genuine && fresh) {
             return Err(FetchBundleError::Unauthorized);
         }
-        render_bundle(&material, &self.settings).map_err(FetchBundleError::Unrenderable)
+        let first_used = material.bootstrap_token_first_used_at;
+        if first_used.is_some_and(|first| now >= first + self.settings.token_reuse_window()) {
+            return Err(FetchBundleError::Burned);
+        }
+        let bundle =
+            render_bundle(&material, &self.settings).map_err(FetchBundleError::Unrenderable)?;
+        if first_used.is_none()
+            && let Err(e) = self
+                .repo
+                .note_bootstrap_fetch(cluster, &node, &material.bootstrap_token_hash)
+                .await
+        {
+            // The bundle goes out anyway; the token burns from a later fetch instead.
+            tracing::warn!(error = %Chain(&e), "noting a bundle fetch failed");
+        }
+        Ok(bundle)
     }
 }
 

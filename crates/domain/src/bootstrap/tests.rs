@@ -8,7 +8,10 @@ use uuid::Uuid;
 use yaml_serde::Value;
 
 use super::*;
-use crate::model::{BootstrapToken, ClusterDnsNames, Networking, NodeAddresses, NodeOrdinal, VmId};
+use crate::model::{
+    BootstrapToken, BootstrapTokenHash, ClusterDnsNames, Networking, NodeAddresses, NodeOrdinal,
+    VmId,
+};
 use crate::ports::pki::SharedClientCerts;
 use crate::ports::repo::{MockRepo, NodePlacement, RepoError};
 use crate::testing::{cluster_ca_with, founding_settings, pem_certified, pem_service_account};
@@ -51,6 +54,7 @@ fn material(of: u8, token: &BootstrapToken, expires_at: OffsetDateTime) -> Boots
         kubelet_cert: pem_certified(&format!("kubelet-{of}")),
         bootstrap_token_hash: token.hash(),
         bootstrap_token_expires_at: expires_at,
+        bootstrap_token_first_used_at: None,
     }
 }
 
@@ -295,6 +299,15 @@ fn manifests_are_pods_with_kubeadms_flags_for_this_node() {
 }
 
 fn fetcher(material: Option<BootstrapMaterial>) -> FetchBundle {
+    fetcher_noting(material, Arc::default())
+}
+
+/// A fetcher over `material` whose repo notes each first fetch (cluster, node, token hash) in
+/// `noted`.
+fn fetcher_noting(
+    material: Option<BootstrapMaterial>,
+    noted: Arc<std::sync::Mutex<Vec<(ClusterId, NodeName, BootstrapTokenHash)>>>,
+) -> FetchBundle {
     let mut repo = MockRepo::new();
     repo.expect_bootstrap_material()
         .returning(move |cluster, node| {
@@ -302,7 +315,70 @@ fn fetcher(material: Option<BootstrapMaterial>) -> FetchBundle {
                 .clone()
                 .filter(|m| m.cluster_id == cluster && &m.node.name == node))
         });
+    repo.expect_note_bootstrap_fetch()
+        .returning(move |cluster, node, token| {
+            noted
+                .lock()
+                .unwrap()
+                .push((cluster, node.clone(), token.clone()));
+            Ok(())
+        });
     FetchBundle::new(Arc::new(repo), BundleSettings::default())
+}
+
+#[tokio::test]
+async fn a_first_fetch_is_noted_and_the_token_burns_a_reuse_window_later() {
+    let token = BootstrapToken::generate();
+    let (id, name) = (cluster().to_string(), node(1).name.to_string());
+    let noted = Arc::default();
+    let fetch = fetcher_noting(Some(material(1, &token, later())), Arc::clone(&noted));
+    fetch.fetch(&id, &name, token.expose()).await.unwrap();
+    assert_eq!(
+        *noted.lock().unwrap(),
+        [(cluster(), node(1).name, token.hash())],
+        "the first fetch is noted with the token it used"
+    );
+
+    // Used 5 minutes ago: within the 10-minute window it still works, and is not noted again.
+    let window = BundleSettings::default().token_reuse_window();
+    assert_eq!(window, std::time::Duration::from_secs(600));
+    let noted = Arc::default();
+    let used = |ago: Duration| BootstrapMaterial {
+        bootstrap_token_first_used_at: Some(OffsetDateTime::now_utc() - ago),
+        ..material(1, &token, later())
+    };
+    let fetch = fetcher_noting(Some(used(Duration::minutes(5))), Arc::clone(&noted));
+    fetch.fetch(&id, &name, token.expose()).await.unwrap();
+    assert!(noted.lock().unwrap().is_empty());
+
+    // Used 11 minutes ago: burned. A wrong token is still plainly unauthorized.
+    let fetch = fetcher(Some(used(Duration::minutes(11))));
+    let err = fetch.fetch(&id, &name, token.expose()).await.unwrap_err();
+    assert!(matches!(err, FetchBundleError::Burned), "{err}");
+    let err = fetch
+        .fetch(&id, &name, BootstrapToken::generate().expose())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchBundleError::Unauthorized), "{err}");
+}
+
+#[test]
+fn the_reuse_window_is_configured_and_checked() {
+    let settings = BundleSettings {
+        token_reuse_window_secs: 2,
+        ..BundleSettings::default()
+    }
+    .checked()
+    .unwrap();
+    assert_eq!(
+        settings.token_reuse_window(),
+        std::time::Duration::from_secs(2)
+    );
+    let zero = BundleSettings {
+        token_reuse_window_secs: 0,
+        ..BundleSettings::default()
+    };
+    assert_eq!(zero.checked().unwrap_err().key, "token_reuse_window_secs");
 }
 
 #[tokio::test]

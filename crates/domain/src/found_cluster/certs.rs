@@ -1,6 +1,7 @@
 //! Step 7: every certificate a founding signs, and the rows they go into.
 
 use futures::future::try_join_all;
+use time::OffsetDateTime;
 
 use super::{FoundCluster, Founding, FoundingFailure, PlannedNode};
 use crate::credentials::{AdminKubeconfig, FOUNDING_ADMIN_USER, MintError};
@@ -162,6 +163,42 @@ impl FoundCluster {
             MintError::Render(why) => FoundingFailure::RenderKubeconfig(why),
         })?;
         Ok(kubeconfig)
+    }
+
+    /// The earliest `notAfter` of every certificate the cluster has: its CAs, the shared
+    /// client certificates and each node's.
+    pub(super) fn earliest_expiry(
+        &self,
+        ca: &ClusterCa,
+        etcd: &[EtcdNodeRecord],
+        apiserver: &[ApiServerNodeRecord],
+        shared: &SharedClientCerts,
+    ) -> Result<OffsetDateTime, FoundingFailure> {
+        let certificates = [&ca.root, &ca.etcd, &ca.front_proxy]
+            .into_iter()
+            .chain(shared.iter().map(|(_, cert)| cert))
+            .chain(etcd.iter().map(|row| &row.cert))
+            .chain(
+                apiserver
+                    .iter()
+                    .flat_map(|row| [&row.cert, &row.kubelet_cert]),
+            );
+        let mut earliest: Option<OffsetDateTime> = None;
+        for certificate in certificates {
+            let facts = self
+                .ports
+                .pki
+                .certificate_facts(&certificate.cert_pem)
+                .map_err(|source| FoundingFailure::SignCertificate {
+                    certificate: "a certificate read back".to_owned(),
+                    source,
+                })?;
+            earliest = Some(earliest.map_or(facts.not_after, |e| e.min(facts.not_after)));
+        }
+        earliest.ok_or_else(|| FoundingFailure::SignCertificate {
+            certificate: "the cluster's certificates".to_owned(),
+            source: PkiError::Failed("the cluster has no certificate".into()),
+        })
     }
 
     /// The rows of the last transaction: one etcd row and one apiserver row per node.

@@ -167,6 +167,10 @@ pub enum FailureKind {
     FoundingDeadline,
     /// The replica running the founding went away; recovery rolled it back.
     Interrupted,
+    /// The DNS server failed (a deletion removing the cluster's records).
+    DnsFailed,
+    /// A deletion outlasted its deadline; the cluster stays `deleting`.
+    DeletionDeadline,
 }
 
 impl FailureKind {
@@ -184,6 +188,8 @@ impl FailureKind {
             Self::VmAddressesTimeout => "vm-addresses-timeout",
             Self::FoundingDeadline => "founding-deadline",
             Self::Interrupted => "interrupted",
+            Self::DnsFailed => "dns-failed",
+            Self::DeletionDeadline => "deletion-deadline",
         }
     }
 
@@ -201,6 +207,8 @@ impl FailureKind {
             Self::VmAddressesTimeout,
             Self::FoundingDeadline,
             Self::Interrupted,
+            Self::DnsFailed,
+            Self::DeletionDeadline,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == slug)
@@ -209,7 +217,7 @@ impl FailureKind {
 
 /// A compute failure's class and its words for the caller: the caller's input refused is the
 /// platform's message; the platform failing says only what plinth was doing.
-fn compute_failure(e: &ComputeError, doing: &str) -> (FailureKind, String) {
+pub(crate) fn compute_failure(e: &ComputeError, doing: &str) -> (FailureKind, String) {
     match e {
         ComputeError::NotFound(m) | ComputeError::Rejected(m) => (
             FailureKind::ComputeRefused,

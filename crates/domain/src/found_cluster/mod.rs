@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+pub(crate) use error::compute_failure;
 pub use error::{
     CleanupReport, CreatedResource, FailureKind, FoundClusterError, FoundingFailure, FoundingStep,
 };
@@ -37,7 +38,7 @@ pub use replay::{Replay, ReplayError};
 pub(crate) use rollback::roll_back;
 pub use settings::{FoundingSection, FoundingSettings};
 pub use supervisor::{
-    Foundings, IdempotencySection, IdempotencySettings, Started, SubmitError, Submitted,
+    Foundings, IdempotencySection, IdempotencySettings, Slot, Started, SubmitError, Submitted,
 };
 pub use userdata::{
     BootstrapBaseUrl, bootstrap_path, bootstrap_path_template, render_userdata_shim,
@@ -407,30 +408,17 @@ impl FoundCluster {
             .map_err(FoundingFailure::ClaimName)
     }
 
-    /// Renews the lease at a third of its length until it is lost (then returns). A renewal
-    /// that fails otherwise is retried at the next tick: the lease may well still hold. At the
-    /// commit a lost lease is no reason to stop: the commit itself ends the operation (so a
-    /// renewal racing it finds it gone), and its own answer, fence and read-back decide.
+    /// Renews the lease until it is lost (see [`keep_lease`]). At the commit a lost lease is no
+    /// reason to stop: the commit itself ends the operation (so a renewal racing it finds it
+    /// gone), and its own answer, fence and read-back decide.
     async fn keep_lease(&self, f: &Founding) {
-        let every = (self.leasing.lease / 3).max(Duration::from_millis(100));
-        loop {
-            tokio::time::sleep(every).await;
-            match self
-                .ports
-                .operations
-                .renew_lease(&f.lease, f.step().as_str(), self.leasing.lease)
-                .await
-            {
-                Ok(()) => {}
-                Err(RepoError::LeaseLost) => {
-                    tracing::warn!("the founding's lease was taken over by another replica");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %Chain(&e), "renewing the founding's lease failed")
-                }
-            }
-        }
+        keep_lease(
+            self.ports.operations.as_ref(),
+            &f.lease,
+            self.leasing.lease,
+            || f.step().as_str(),
+        )
+        .await;
     }
 
     /// Moves to `step`, noting it with the operation (and renewing the lease on the way).
@@ -489,12 +477,15 @@ impl FoundCluster {
 
         self.enter(f, FoundingStep::Commit).await?;
         let (etcd, apiserver) = self.node_rows(f, &planned, &placements, signed.nodes);
+        let certificates_expire_at =
+            self.earliest_expiry(&ca, &etcd, &apiserver, &signed.shared)?;
         Ok(Prepared {
             rows: FoundingRows {
                 cluster: f.cluster_id,
                 etcd,
                 apiserver,
                 shared: signed.shared,
+                certificates_expire_at,
             },
             nodes: placements,
             admin_kubeconfig: signed.admin_kubeconfig,
@@ -856,6 +847,29 @@ impl FoundCluster {
                 tracing::warn!(error = %why, name = %records.name, "publishing the control-plane name failed");
                 (false, Some(why))
             }
+        }
+    }
+}
+
+/// Renews `lease` at a third of its length (noting the step `step()` says) until it is lost,
+/// then returns. A renewal that fails otherwise is retried at the next tick: the lease may well
+/// still hold.
+pub(crate) async fn keep_lease(
+    operations: &dyn Operations,
+    lease: &Lease,
+    lease_for: Duration,
+    step: impl Fn() -> &'static str,
+) {
+    let every = (lease_for / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        match operations.renew_lease(lease, step(), lease_for).await {
+            Ok(()) => {}
+            Err(RepoError::LeaseLost) => {
+                tracing::warn!("the operation's lease was taken over by another replica");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %Chain(&e), "renewing the operation's lease failed"),
         }
     }
 }

@@ -108,8 +108,9 @@ pub struct Foundings {
     accepting: Arc<AtomicBool>,
 }
 
-/// Held by a running founding; reports the count when it ends.
-struct Slot {
+/// One of a replica's slots for a running operation; reports the count when it is given back.
+#[derive(Debug)]
+pub struct Slot {
     _permit: OwnedSemaphorePermit,
     foundings: Foundings,
 }
@@ -169,17 +170,7 @@ impl Foundings {
         if let Some(replay) = self.replay(&org, idempotency.as_ref()).await? {
             return Ok(Submitted::Replayed(replay));
         }
-        let permit = Arc::clone(&self.slots)
-            .try_acquire_owned()
-            .map_err(|_| SubmitError::Busy)?;
-        let slot = Slot {
-            _permit: permit,
-            foundings: self.clone(),
-        };
-        self.found
-            .ports
-            .observer
-            .foundings_in_flight(self.in_flight());
+        let slot = self.slot()?;
         let request = FoundingRequest {
             org: org.clone(),
             spec,
@@ -192,8 +183,7 @@ impl Foundings {
         // task's outcome.
         let (claimed_tx, claimed_rx) = oneshot::channel();
         let found = Arc::clone(&self.found);
-        let outcome = tokio::spawn(async move {
-            let _slot = slot;
+        let outcome = self.spawn(slot, async move {
             let claimed = found.claim(request).await?;
             let _ = claimed_tx.send((claimed.operation_id(), claimed.cluster_id()));
             found.complete(claimed).await
@@ -242,6 +232,40 @@ impl Foundings {
             .await
             .map(Some)
             .map_err(SubmitError::Replay)
+    }
+
+    /// A slot for one more operation on this replica (foundings and deletions share them).
+    ///
+    /// # Errors
+    /// `Busy` when every slot is taken, `ShuttingDown` after [`Foundings::drain`].
+    pub fn slot(&self) -> Result<Slot, SubmitError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let permit = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| SubmitError::Busy)?;
+        self.found
+            .ports
+            .observer
+            .foundings_in_flight(self.in_flight());
+        Ok(Slot {
+            _permit: permit,
+            foundings: self.clone(),
+        })
+    }
+
+    /// Runs `work` as a task of its own in `slot`: it runs to its end whatever becomes of the
+    /// caller, and [`Foundings::drain`] waits for it.
+    pub fn spawn<F>(&self, slot: Slot, work: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(async move {
+            let _slot = slot;
+            work.await
+        })
     }
 
     /// Stops taking foundings and waits up to `limit` for those in flight; returns how many

@@ -27,7 +27,8 @@ use crate::model::{BootstrapTokenHash, SubnetId};
 use crate::ports::compute::{ComputeError, MockCompute, Subnet, TaggedResource};
 use crate::ports::dns::{DnsError, MockDns};
 use crate::ports::operations::{
-    IdempotentOperation, MockOperations, OperationProblem, OperationRecord,
+    DeletionStart, IdempotentOperation, MockOperations, NewDeletion, OperationProblem,
+    OperationRecord,
 };
 use crate::ports::pki::{
     ClientCertRequest, MockPki, PkiError, ServingCertRequest, SharedClientCert, SharedClientCerts,
@@ -615,6 +616,8 @@ fn mocks(s: &Scenario) -> Mocks {
     let mut ops = MockOperations::new();
     let mut compute = MockCompute::new();
     let mut pki = MockPki::new();
+    pki.expect_certificate_facts()
+        .returning(crate::testing::certificate_facts);
     let fail = s.fail_at;
     let count = s.count;
 
@@ -1488,6 +1491,12 @@ impl Operations for StagedOperations {
     async fn purge_idempotency_keys(&self) -> Result<u64, RepoError> {
         self.inner.purge_idempotency_keys().await
     }
+    async fn begin_deletion(&self, deletion: &NewDeletion) -> Result<DeletionStart, RepoError> {
+        self.inner.begin_deletion(deletion).await
+    }
+    async fn finish_deletion(&self, lease: &Lease) -> Result<(), RepoError> {
+        self.inner.finish_deletion(lease).await
+    }
 }
 
 async fn found(s: &Scenario) -> Run {
@@ -1753,6 +1762,11 @@ async fn happy_path_claims_the_name_first_and_runs_every_step_in_order() {
         vec!["system:masters".to_owned()],
     ));
     assert_eq!(clients, expected);
+    // The cluster keeps the earliest expiry of all its certificates (here its kubelets').
+    assert_eq!(
+        seen.rows.as_ref().unwrap().certificates_expire_at,
+        crate::testing::earliest_not_after()
+    );
     // Only the admin's certificate ends at a time of its own: a day (the deployment's default
     // for admin credentials) after the founding started, to the second.
     let ends: Vec<Option<OffsetDateTime>> = seen

@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use super::ids::InvalidValue;
 
-/// One long-running operation on a cluster (a founding), journaled so that any replica can
+/// One long-running operation on a cluster (a founding or a deletion), journaled so that any replica can
 /// finish or undo it after the one that started it is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OperationId(Uuid);
@@ -48,6 +48,8 @@ impl fmt::Display for OperationId {
 pub enum OperationKind {
     /// `POST /clusters`.
     Found,
+    /// `DELETE /clusters/{id}`.
+    Delete,
 }
 
 impl OperationKind {
@@ -55,6 +57,7 @@ impl OperationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Found => "found",
+            Self::Delete => "delete",
         }
     }
 
@@ -65,6 +68,7 @@ impl OperationKind {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         match raw {
             "found" => Ok(Self::Found),
+            "delete" => Ok(Self::Delete),
             other => Err(InvalidValue(format!("unknown operation kind {other:?}"))),
         }
     }
@@ -125,6 +129,9 @@ pub enum ClusterStatus {
     Provisioning,
     /// Founded: every node row is there.
     Ready,
+    /// Its deletion runs (or stopped and waits for another `DELETE`): its resources may be
+    /// partly gone.
+    Deleting,
 }
 
 impl ClusterStatus {
@@ -133,6 +140,7 @@ impl ClusterStatus {
         match self {
             Self::Provisioning => "provisioning",
             Self::Ready => "ready",
+            Self::Deleting => "deleting",
         }
     }
 
@@ -144,6 +152,7 @@ impl ClusterStatus {
         match raw {
             "provisioning" => Ok(Self::Provisioning),
             "ready" => Ok(Self::Ready),
+            "deleting" => Ok(Self::Deleting),
             other => Err(InvalidValue(format!("unknown cluster status {other:?}"))),
         }
     }
@@ -201,10 +210,15 @@ mod tests {
         ] {
             assert_eq!(OperationState::parse(state.as_str()), Ok(state));
         }
-        for status in [ClusterStatus::Provisioning, ClusterStatus::Ready] {
+        for status in [
+            ClusterStatus::Provisioning,
+            ClusterStatus::Ready,
+            ClusterStatus::Deleting,
+        ] {
             assert_eq!(ClusterStatus::parse(status.as_str()), Ok(status));
         }
         assert_eq!(OperationKind::parse("found"), Ok(OperationKind::Found));
+        assert_eq!(OperationKind::parse("delete"), Ok(OperationKind::Delete));
         assert!(OperationKind::parse("explode").is_err());
     }
 

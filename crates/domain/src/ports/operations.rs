@@ -41,6 +41,31 @@ pub struct NewFounding {
     pub idempotency: Option<IdempotencyClaim>,
 }
 
+/// A deletion to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeletion {
+    /// The operation, owned by the replica that starts it.
+    pub lease: Lease,
+    /// How long the lease holds without renewal, from the database's clock.
+    pub lease_for: Duration,
+    /// For whom.
+    pub org: OrgId,
+    /// The cluster to delete.
+    pub cluster: ClusterId,
+    /// The client's idempotency key, kept with the operation when it sent one.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// What `begin_deletion` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeletionStart {
+    /// The cluster is `deleting` and the new operation runs.
+    Started,
+    /// Another deletion of the cluster already runs: nothing was written (the idempotency key
+    /// neither); the caller answers with that one.
+    AlreadyRunning(Box<OperationRecord>),
+}
+
 /// An idempotency key to keep with a new operation: a retried request that sends it again (from
 /// the same organization, within `retain_for`) is answered from that operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +175,9 @@ pub struct FoundingRows {
     pub apiserver: Vec<ApiServerNodeRecord>,
     /// The client certificates every node shares.
     pub shared: SharedClientCerts,
+    /// The earliest `notAfter` of every certificate of the cluster (CAs included), kept with
+    /// the cluster for `GET /clusters?expiring_before=`.
+    pub certificates_expire_at: OffsetDateTime,
 }
 
 /// The operations journal. Every write that names a [`Lease`] succeeds only while that lease is
@@ -272,6 +300,24 @@ pub trait Operations: Send + Sync {
     /// # Errors
     /// `Unavailable`.
     async fn live_clusters(&self, clusters: &[ClusterId]) -> Result<Vec<ClusterId>, RepoError>;
+
+    /// Starts deleting one of `org`'s clusters: in one transaction, the cluster becomes
+    /// `deleting` and the operation (kind `delete`, running, leased) and the idempotency key, if
+    /// any, are committed. A `ready` cluster, and a `deleting` one whose last deletion stopped,
+    /// start a new deletion; one whose deletion still runs answers it.
+    ///
+    /// # Errors
+    /// `NotFound` for a cluster the organization does not have, `Conflict` for one still being
+    /// founded, `IdempotencyKeyTaken` as for `begin_founding` (nothing written in any case), or
+    /// `Unavailable`.
+    async fn begin_deletion(&self, deletion: &NewDeletion) -> Result<DeletionStart, RepoError>;
+
+    /// A deletion's last transaction: the cluster's row goes, with every node row, shared
+    /// certificate and sealed key that hangs off it, and the operation `succeeded`.
+    ///
+    /// # Errors
+    /// `LeaseLost` (nothing is written), or `Unavailable`.
+    async fn finish_deletion(&self, lease: &Lease) -> Result<(), RepoError>;
 
     /// The operation `org`'s idempotency key stands for, unless the key has expired.
     ///

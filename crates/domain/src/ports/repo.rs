@@ -128,6 +128,19 @@ pub struct BootstrapMaterial {
     pub bootstrap_token_hash: BootstrapTokenHash,
     /// When the token stops working.
     pub bootstrap_token_expires_at: OffsetDateTime,
+    /// When a bundle was first handed out for this token; the token is burned a reuse window
+    /// after.
+    pub bootstrap_token_first_used_at: Option<OffsetDateTime>,
+}
+
+/// One certificate of a cluster, public part only, for expiry reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCertificate {
+    /// What it is: `ca`, `etcd-ca`, `front-proxy-ca`, a shared client certificate's stored name,
+    /// or `<node name>/etcd`, `<node name>/apiserver`, `<node name>/kubelet`.
+    pub name: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
 }
 
 /// A cluster as listed: no key material.
@@ -137,7 +150,7 @@ pub struct ClusterSummary {
     pub id: ClusterId,
     /// Optional name.
     pub name: Option<ClusterName>,
-    /// Provisioning or ready.
+    /// Provisioning, ready or deleting.
     pub status: ClusterStatus,
     /// Node count.
     pub control_plane_count: u8,
@@ -195,6 +208,8 @@ pub struct PageRequest {
     pub limit: u32,
     /// Continue after this cluster; `None` for the first page.
     pub after: Option<PageCursor>,
+    /// Only clusters with a certificate whose `notAfter` is before this.
+    pub expiring_before: Option<OffsetDateTime>,
 }
 
 /// One page of clusters, newest first.
@@ -289,6 +304,44 @@ pub trait Repo: Send + Sync {
         org: &OrgId,
         cluster: ClusterId,
     ) -> Result<Option<CertifiedKey>, RepoError>;
+
+    /// Notes that a bundle was handed out for `node`'s token `token` (the first time only; a
+    /// token replaced meanwhile is left alone).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn note_bootstrap_fetch(
+        &self,
+        cluster: ClusterId,
+        node: &NodeName,
+        token: &BootstrapTokenHash,
+    ) -> Result<(), RepoError>;
+
+    /// Gives node `node` of one of `org`'s ready clusters a new bootstrap token (the old one
+    /// stops working at once, and the new one has not been used); whether there was such a
+    /// node.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn replace_bootstrap_token(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+        node: &NodeName,
+        token: &BootstrapTokenHash,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, RepoError>;
+
+    /// Every certificate of one of `org`'s clusters (CAs, shared client certificates, each
+    /// node's), public parts only; `None` for a cluster the organization does not have.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for rows that cannot be read back.
+    async fn cluster_certificates(
+        &self,
+        org: &OrgId,
+        cluster: ClusterId,
+    ) -> Result<Option<Vec<NamedCertificate>>, RepoError>;
 
     /// What node `node` of `cluster` needs to boot, keys opened; `None` if there is no such
     /// node. (Callers must check the node's bootstrap token before using any of it.)

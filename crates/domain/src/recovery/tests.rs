@@ -10,6 +10,8 @@ use mockall::Sequence;
 use time::OffsetDateTime;
 
 use super::*;
+use crate::delete_cluster::DeletionPorts;
+use crate::found_cluster::IdempotencySettings;
 use crate::model::{OperationId, OperationKind, OperationState, OrgId, ReplicaId};
 use crate::ports::compute::{MockCompute, Tags};
 use crate::ports::operations::{JournalEntry, MockOperations, OperationProblem};
@@ -22,17 +24,38 @@ const GRACE: Duration = Duration::from_secs(3600);
 
 fn recovery(ops: MockOperations, compute: MockCompute) -> (Recovery, Arc<RecordingObserver>) {
     let observer = Arc::new(RecordingObserver::default());
-    let recovery = Recovery::new(
-        Arc::new(ops),
-        Arc::new(compute),
-        Arc::clone(&observer) as Arc<dyn Observer>,
-        Leasing {
-            owner: ReplicaId::new(ME),
-            lease: LEASE,
+    let (ops, compute): (Arc<dyn Operations>, Arc<dyn Compute>) =
+        (Arc::new(ops), Arc::new(compute));
+    let deletions = DeleteCluster::new(
+        DeletionPorts {
+            repo: Arc::new(crate::ports::repo::MockRepo::new()),
+            operations: Arc::clone(&ops),
+            compute: Arc::clone(&compute),
+            dns: None,
+            observer: Arc::clone(&observer) as Arc<dyn Observer>,
         },
+        leasing(),
+        Duration::from_secs(60),
+        IdempotencySettings {
+            retention: Duration::from_secs(3600),
+        },
+    );
+    let recovery = Recovery::new(
+        Arc::new(deletions),
+        ops,
+        compute,
+        Arc::clone(&observer) as Arc<dyn Observer>,
+        leasing(),
         GRACE,
     );
     (recovery, observer)
+}
+
+fn leasing() -> Leasing {
+    Leasing {
+        owner: ReplicaId::new(ME),
+        lease: LEASE,
+    }
 }
 
 /// A running operation whose replica went away at `step`.

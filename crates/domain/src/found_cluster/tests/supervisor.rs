@@ -82,6 +82,8 @@ fn lenient_use_case(
         .returning(|_, r| Ok(certified(&r.common_name)));
     pki.expect_sign_client_cert()
         .returning(|_, r| Ok(certified(&r.common_name)));
+    pki.expect_certificate_facts()
+        .returning(crate::testing::certificate_facts);
     let ports = FoundingPorts {
         repo: Arc::new(repo),
         operations: Arc::new(ops),
