@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves `make run` works from this checkout, as a newcomer would use it: starts it (on its own
 # ports and .dev directory, so it never meets a stack already running), runs the curl it prints,
-# expects a founded cluster, asks a second replica (scripts/run-replica.sh) for it, then stops
+# expects a founded cluster, runs a VM's userdata shim (which fetches its bundle over HTTPS from the
+# bootstrap listener, pinning the stack's CA), asks a second replica (scripts/run-replica.sh) for it, then stops
 # it all the way Ctrl-C does and checks that everything it started is gone. `make test` runs it
 # last.
 set -euo pipefail
@@ -10,6 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PLINTH_DEV_DIR=${PLINTH_DEV_DIR:-$root/.dev/make-run-check}
 export PLINTH_PORT=${PLINTH_PORT:-18080} COMPUTE_PORT=${COMPUTE_PORT:-18082}
+export PLINTH_BOOTSTRAP_PORT=${CHECK_BOOTSTRAP_PORT:-18443}
 export PLINTH_PG_PORT=${CHECK_PG_PORT:-55433}
 export PLINTH_PDNS_DNS_PORT=${CHECK_PDNS_DNS_PORT:-15354} PLINTH_PDNS_API_PORT=${CHECK_PDNS_API_PORT:-18083}
 rm -rf "$PLINTH_DEV_DIR"
@@ -61,6 +63,28 @@ if "PDNS_API_URL" in stack:
 print(f"check-make-run: founded {answer['cluster_id']} (dns_configured={answer['dns_configured']})")
 PY
 
+# A VM's boot: its userdata shim fetches the node's bundle over HTTPS (the stack's CA pinned),
+# checks it and unpacks it.
+python3 - "$PLINTH_DEV_DIR/answer.json" "$PLINTH_DEV_DIR/stack.env" "$PLINTH_DEV_DIR/shim.sh" <<'PY' || fail "cannot read the first VM's userdata"
+import json, sys, urllib.request
+answer = json.load(open(sys.argv[1]))
+stack = dict(line.strip().split("=", 1) for line in open(sys.argv[2]) if "=" in line)
+request = urllib.request.Request(
+    f"{stack['COMPUTE_URL']}/v1/vms/{answer['vm_ids'][0]}",
+    headers={"Authorization": f"Bearer {stack['COMPUTE_TOKEN']}"},
+)
+shim = json.load(urllib.request.urlopen(request, timeout=10))["user_data"]
+assert "https://" in shim and "--cacert" in shim, "the shim does not fetch over pinned HTTPS"
+open(sys.argv[3], "w").write(shim)
+PY
+mkdir -p "$PLINTH_DEV_DIR/vm-1"
+PLINTH_BOOTSTRAP_ROOT="$PLINTH_DEV_DIR/vm-1" PLINTH_START_KUBELET=no sh "$PLINTH_DEV_DIR/shim.sh" \
+  >"$PLINTH_DEV_DIR/shim.log" 2>&1 || fail "the shim failed: $(tail -n 5 "$PLINTH_DEV_DIR/shim.log")"
+for file in etc/kubernetes/pki/ca.crt etc/kubernetes/manifests/etcd.yaml etc/kubernetes/kubelet.conf; do
+  [ -s "$PLINTH_DEV_DIR/vm-1/$file" ] || fail "the shim unpacked no $file"
+done
+echo "check-make-run: a VM's shim fetched its bundle over HTTPS, pinning the stack's CA"
+
 # A second replica on the stack (scripts/run-replica.sh) serves the cluster the first one founded.
 replica_port=${CHECK_REPLICA_PORT:-18090}
 scripts/run-replica.sh "$replica_port" >"$PLINTH_DEV_DIR/replica.log" 2>&1 &
@@ -84,7 +108,8 @@ echo "check-make-run: a second replica (run-replica.sh) serves the same clusters
 trap - EXIT
 stop_stack || fail "the stack did not stop"
 grep -q 'run: stopped' "$log" || fail "make run did not report stopping"
-for port in "$PLINTH_PORT" "$COMPUTE_PORT" "$PLINTH_PDNS_API_PORT" "$replica_port"; do
+for port in "$PLINTH_PORT" "$PLINTH_BOOTSTRAP_PORT" "$COMPUTE_PORT" "$PLINTH_PDNS_API_PORT" \
+  "$replica_port" "$((replica_port + 1))"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     fail "something still listens on port $port"
   fi

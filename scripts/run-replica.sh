@@ -2,13 +2,16 @@
 # A second plinth replica on the `make run` stack: the same database, compute service, DNS and
 # keys, on its own port, in the foreground until Ctrl-C. Replicas share nothing but PostgreSQL:
 # either answers every route, and if one dies (try `kill -9`), the other's recovery rolls back
-# the foundings it was running within `recovery.lease_secs` plus a scan.
+# the foundings it was running within `recovery.lease_secs` plus a scan. Its VMs fetch their
+# bundles over HTTPS from its own bootstrap listener (BOOTSTRAP_PORT, default PORT + 1), with the
+# stack's bootstrap certificate and CA.
 #
 #   make run                     # in one terminal
 #   scripts/run-replica.sh 8090  # in another
 set -euo pipefail
 
-port=${1:?usage: scripts/run-replica.sh PORT}
+port=${1:?usage: scripts/run-replica.sh PORT [BOOTSTRAP_PORT]}
+bootstrap_port=${2:-$((port + 1))}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dev=${PLINTH_DEV_DIR:-$root/.dev}
@@ -27,12 +30,16 @@ export PLINTH_ENV=dev
 export PLINTH__SERVER__LISTEN="127.0.0.1:$port"
 export PLINTH__DATABASE__URL="$DATABASE_URL"
 export PLINTH__MASTER_KEYS__FILE="$dev/master-keys"
-export PLINTH__AUTH__PUBLIC_KEY_FILES="$dev/jwt-public.pem"
+export PLINTH__AUTH__JWKS_FILE="$dev/jwks.json"
 export PLINTH__AUTH__DEV_SIGNING_KEY_FILE="$dev/jwt-signing.pem"
 export PLINTH__COMPUTE__BASE_URL="$COMPUTE_URL"
 export PLINTH__COMPUTE__TOKEN="$COMPUTE_TOKEN"
 export PLINTH__FOUNDING__DNS_ZONE="$DNS_ZONE"
-export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="http://127.0.0.1:$port"
+export PLINTH__SERVER__BOOTSTRAP_LISTEN="127.0.0.1:$bootstrap_port"
+export PLINTH__SERVER__BOOTSTRAP_TLS_CERT_FILE="$dev/bootstrap.crt"
+export PLINTH__SERVER__BOOTSTRAP_TLS_KEY_FILE="$dev/bootstrap.key"
+export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="https://127.0.0.1:$bootstrap_port"
+export PLINTH__FOUNDING__BOOTSTRAP_CA_FILE="$BOOTSTRAP_CA"
 if [ -n "${PDNS_API_URL:-}" ]; then
   export PLINTH__DNS__MODE=powerdns
   export PLINTH__DNS__POWERDNS__API_URL="$PDNS_API_URL"
@@ -40,5 +47,5 @@ if [ -n "${PDNS_API_URL:-}" ]; then
 else
   export PLINTH__DNS__MODE=disabled
 fi
-echo "run-replica: a second plinth on http://127.0.0.1:$port (Ctrl-C stops it)"
+echo "run-replica: a second plinth on http://127.0.0.1:$port, bootstrap on https://127.0.0.1:$bootstrap_port (Ctrl-C stops it)"
 exec target/debug/plinth serve

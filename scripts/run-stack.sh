@@ -5,7 +5,12 @@
 # token to $PLINTH_DEV_DIR/token and the stack's addresses to $PLINTH_DEV_DIR/stack.env, prints a
 # curl that founds a cluster, and stops everything it started on Ctrl-C or SIGTERM.
 #
-# Ports and places (environment): PLINTH_PORT (8080), COMPUTE_PORT (8081), PLINTH_PG_PORT (55432),
+# The API listens on plain HTTP (loopback, for the printed curl); the VMs fetch their bundles
+# over HTTPS from a bootstrap listener of its own, whose certificate a CA made under
+# $PLINTH_DEV_DIR signs, and every shim pins that CA. Token keys are served as a JWKS file.
+#
+# Ports and places (environment): PLINTH_PORT (8080), PLINTH_BOOTSTRAP_PORT (8443),
+# COMPUTE_PORT (8081), PLINTH_PG_PORT (55432),
 # PLINTH_PDNS_DNS_PORT (15353), PLINTH_PDNS_API_PORT (18081), DNS_ZONE (k8s.plinth.test),
 # PLINTH_DEV_DIR (.dev), PLINTH_DEV_ORG (dev-org).
 set -euo pipefail
@@ -16,6 +21,7 @@ dev=${PLINTH_DEV_DIR:-$root/.dev}
 mkdir -p "$dev"
 dev=$(cd "$dev" && pwd)
 plinth_port=${PLINTH_PORT:-8080}
+bootstrap_port=${PLINTH_BOOTSTRAP_PORT:-8443}
 compute_port=${COMPUTE_PORT:-8081}
 zone=${DNS_ZONE:-k8s.plinth.test}
 org=${PLINTH_DEV_ORG:-dev-org}
@@ -74,6 +80,23 @@ database_url="postgres://plinth:plinth@127.0.0.1:$PLINTH_PG_PORT/plinth"
     openssl pkey -in "$dev/jwt-signing.pem" -pubout -out "$dev/jwt-public.pem"
   fi
   [ -f "$dev/master-keys" ] || echo "dev1:$(openssl rand -base64 32)" > "$dev/master-keys"
+  # The bootstrap listener's CA and its certificate for 127.0.0.1 (P-256, ten years: a local
+  # stack's). The CA's key signs nothing else.
+  if [ ! -f "$dev/bootstrap.crt" ]; then
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=plinth dev bootstrap CA" -keyout "$dev/bootstrap-ca.key" \
+      -out "$dev/bootstrap-ca.crt" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=plinth dev bootstrap" -keyout "$dev/bootstrap.key" \
+      -out "$dev/bootstrap.csr" 2>/dev/null
+    printf '%s\n' 'subjectAltName=IP:127.0.0.1' 'extendedKeyUsage=serverAuth' \
+      'keyUsage=critical,digitalSignature' 'basicConstraints=critical,CA:FALSE' \
+      > "$dev/bootstrap.ext"
+    openssl x509 -req -in "$dev/bootstrap.csr" -CA "$dev/bootstrap-ca.crt" \
+      -CAkey "$dev/bootstrap-ca.key" -CAcreateserial -days 3650 \
+      -extfile "$dev/bootstrap.ext" -out "$dev/bootstrap.crt" 2>/dev/null
+    rm -f "$dev/bootstrap.csr" "$dev/bootstrap.ext" "$dev/bootstrap-ca.srl"
+  fi
 )
 
 # The compute service.
@@ -99,7 +122,7 @@ export PLINTH__SERVER__LISTEN="127.0.0.1:$plinth_port"
 export PLINTH__DATABASE__URL="$database_url"
 export PLINTH__DATABASE__MIGRATE_ON_START=true
 export PLINTH__MASTER_KEYS__FILE="$dev/master-keys"
-export PLINTH__AUTH__PUBLIC_KEY_FILES="$dev/jwt-public.pem"
+export PLINTH__AUTH__JWKS_FILE="$dev/jwks.json"
 export PLINTH__AUTH__DEV_SIGNING_KEY_FILE="$dev/jwt-signing.pem"
 export PLINTH__COMPUTE__BASE_URL="http://127.0.0.1:$compute_port"
 export PLINTH__COMPUTE__TOKEN="$compute_token"
@@ -109,7 +132,14 @@ export PLINTH__DNS__POWERDNS__API_KEY="$PLINTH_PDNS_API_KEY"
 export PLINTH__DNS__POWERDNS__ENSURE_ZONE=true
 export PLINTH__DNS__POWERDNS__NAMESERVERS="ns1.$zone"
 export PLINTH__FOUNDING__DNS_ZONE="$zone"
-export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="http://127.0.0.1:$plinth_port"
+export PLINTH__SERVER__BOOTSTRAP_LISTEN="127.0.0.1:$bootstrap_port"
+export PLINTH__SERVER__BOOTSTRAP_TLS_CERT_FILE="$dev/bootstrap.crt"
+export PLINTH__SERVER__BOOTSTRAP_TLS_KEY_FILE="$dev/bootstrap.key"
+export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="https://127.0.0.1:$bootstrap_port"
+export PLINTH__FOUNDING__BOOTSTRAP_CA_FILE="$dev/bootstrap-ca.crt"
+# The dev key's public half as an identity provider publishes it.
+target/debug/plinth dev-jwks > "$dev/jwks.json.next"
+mv "$dev/jwks.json.next" "$dev/jwks.json"
 target/debug/plinth serve >"$dev/plinth.log" 2>&1 &
 pids+=($!)
 plinth_pid=${pids[-1]}
@@ -118,6 +148,8 @@ wait_for "http://127.0.0.1:$plinth_port/readyz" "$plinth_pid" "$dev/plinth.log" 
 target/debug/plinth dev-token --org "$org" > "$dev/token"
 {
   echo "PLINTH_URL=http://127.0.0.1:$plinth_port"
+  echo "BOOTSTRAP_URL=https://127.0.0.1:$bootstrap_port"
+  echo "BOOTSTRAP_CA=$dev/bootstrap-ca.crt"
   echo "COMPUTE_URL=http://127.0.0.1:$compute_port"
   echo "COMPUTE_TOKEN=$compute_token"
   echo "DATABASE_URL=$database_url"
@@ -131,7 +163,8 @@ target/debug/plinth dev-token --org "$org" > "$dev/token"
 
 cat <<TXT
 
-plinth is up on http://127.0.0.1:$plinth_port (logs in $dev/*.log; addresses in $dev/stack.env).
+plinth is up on http://127.0.0.1:$plinth_port, VMs fetch bundles from https://127.0.0.1:$bootstrap_port
+(logs in $dev/*.log; addresses in $dev/stack.env).
 Found a 3-node cluster for organization $org:
 
 curl -sS -X POST http://127.0.0.1:$plinth_port/clusters -H "Authorization: Bearer \$(cat $dev/token)" -H 'Content-Type: application/json' -d '{"name":"demo","control_plane_count":3}'

@@ -1,7 +1,15 @@
 //! Authentication end to end: which tokens plinth accepts (ES256 from a PEM key, RS256 from a
-//! JWKS) and every kind it refuses, each with 401 and `WWW-Authenticate: Bearer`.
+//! JWKS) and every kind it refuses, each with 401 and `WWW-Authenticate: Bearer`; and keys
+//! rotated at the identity provider (a JWKS URL, served here by a loopback server) and in the
+//! JWKS file while plinth runs.
 
-use crate::support::{Claims, Options, Stack, now};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::{AUDIENCE, Claims, ISSUER, Options, Stack, now};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit as _, Mac as _};
@@ -144,4 +152,315 @@ async fn accepted_tokens_and_refused_ones() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(stack.rows("vms", "true").await, 0);
+}
+
+/// A P-256 key of the identity provider, published in a JWKS by `kid`.
+struct IdpKey {
+    kid: String,
+    private_pem: String,
+    x: String,
+    y: String,
+}
+
+impl IdpKey {
+    fn new(kid: &str) -> Self {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()).unwrap();
+        let point = key.verifying_key().to_sec1_point(false);
+        let bytes = point.as_bytes();
+        Self {
+            kid: kid.into(),
+            private_pem: key.to_pkcs8_pem(pkcs8::LineEnding::LF).unwrap().to_string(),
+            x: URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+            y: URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+        }
+    }
+
+    /// Its JWK (`use: sig`, `alg: ES256`), with `extra`'s members over those.
+    fn jwk_with(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+            "x": self.x, "y": self.y,
+        });
+        for (name, value) in extra.as_object().unwrap() {
+            jwk[name] = value.clone();
+        }
+        jwk
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        self.jwk_with(json!({}))
+    }
+
+    fn sign(&self, claims: &impl serde::Serialize) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.private_pem.as_bytes()).unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn token(&self) -> String {
+        self.sign(&Claims::valid("org-a"))
+    }
+}
+
+fn jwks(keys: &[serde_json::Value]) -> String {
+    json!({ "keys": keys }).to_string()
+}
+
+/// The identity provider's JWKS URL: HTTP/1.1 on 127.0.0.1, one thread, one request per
+/// connection, answering `(status, body)`; it stops when dropped.
+struct JwksServer {
+    addr: SocketAddr,
+    serve: Arc<Mutex<(u16, String)>>,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JwksServer {
+    fn start(body: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = Arc::new(Mutex::new((200, body)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (serve, hits, stop) = (serve.clone(), hits.clone(), stop.clone());
+            move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = serve.lock().unwrap().clone();
+                    answer(&mut stream, status, &body);
+                }
+            }
+        });
+        Self {
+            addr,
+            serve,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/oauth2/jwks", self.addr)
+    }
+
+    fn set(&self, status: u16, body: String) {
+        *self.serve.lock().unwrap() = (status, body);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` further fetches came.
+    async fn await_hits(&self, more: usize) {
+        let target = self.hits() + more;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.hits() < target {
+            assert!(
+                Instant::now() < deadline,
+                "plinth fetched no JWKS within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer(stream: &mut TcpStream, status: u16, body: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 {status} Answer\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+/// Why an ES256 token whose key plinth does not have is refused: the stack's PEM key has no kid,
+/// so it is tried for every ES256 token.
+const NOT_VERIFIED: &str = "signature does not verify";
+
+/// The status of `GET /clusters` with `token`, and the problem's detail when refused.
+async fn status_of(stack: &Stack, token: &str) -> (StatusCode, String) {
+    let (status, _, body) = stack.get("/clusters", Some(token)).await;
+    let detail = body["detail"].as_str().unwrap_or_default().to_owned();
+    (status, detail)
+}
+
+async fn accepted(stack: &Stack, token: &str) {
+    let (status, detail) = status_of(stack, token).await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+}
+
+async fn refused(stack: &Stack, token: &str, why: &str) {
+    let (status, detail) = status_of(stack, token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{detail}");
+    assert!(detail.contains(why), "{detail}");
+}
+
+/// Waits (at most 10 s) until `token` is accepted; how long that took.
+async fn eventually_accepted(stack: &Stack, token: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, detail) = status_of(stack, token).await;
+        if status == StatusCode::OK {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still refused after 10 s: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Replaces the stack's JWKS file at once.
+fn replace_jwks_file(stack: &Stack, text: &str) {
+    let next = stack.scratch("jwks.json.next", text);
+    std::fs::rename(&next, next.with_file_name("jwks.json")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotated_at_the_idp_and_in_the_file_work_without_a_restart() {
+    let (first, second) = (IdpKey::new("idp-2025-01"), IdpKey::new("idp-2025-02"));
+    let (encryption, es384) = (IdpKey::new("idp-enc"), IdpKey::new("idp-es384"));
+    let idp = JwksServer::start(jwks(&[
+        first.jwk(),
+        encryption.jwk_with(json!({"use": "enc"})),
+        es384.jwk_with(json!({"alg": "ES384"})),
+    ]));
+    // Only the schedule refreshes here: unknown kids would, at most once an hour.
+    let stack = Stack::start(Options {
+        auth: format!(
+            "jwks_url = \"{}\"\njwks_refresh_secs = 1\n\
+             jwks_min_refresh_interval_secs = 3600\nmax_token_lifetime_secs = 3600\n",
+            idp.url()
+        ),
+        ..Options::default()
+    })
+    .await;
+
+    // Every source at once: the URL, the file (RS256 rsa-1) and the PEM key.
+    accepted(&stack, &first.token()).await;
+    accepted(&stack, &stack.rs256(&Claims::valid("org-a"), Some("rsa-1"))).await;
+    accepted(&stack, &stack.token("org-a")).await;
+    // Keys not meant for signatures, or for another algorithm, are not used. (An ES256 token
+    // naming a kid no key has is still tried against the kid-less PEM key, in vain.)
+    refused(&stack, &encryption.token(), NOT_VERIFIED).await;
+    refused(&stack, &es384.token(), NOT_VERIFIED).await;
+
+    // The lifetime cap.
+    let mut long = Claims::valid("org-a");
+    long.exp = Some(long.iat + 3601);
+    refused(&stack, &first.sign(&long), "lifetime").await;
+    let mut just = Claims::valid("org-a");
+    just.exp = Some(just.iat + 3600);
+    accepted(&stack, &first.sign(&just)).await;
+    let iatless = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "e2e", "org_id": "org-a", "exp": now() + 60
+    });
+    refused(&stack, &first.sign(&iatless), "no iat claim").await;
+
+    // The IdP rotates: the new key is used within the refresh interval, the old one refused.
+    idp.set(200, jwks(&[second.jwk()]));
+    let took = eventually_accepted(&stack, &second.token()).await;
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    refused(&stack, &first.token(), NOT_VERIFIED).await;
+
+    // The file rotates too.
+    let file_key = IdpKey::new("file-2");
+    replace_jwks_file(&stack, &jwks(&[file_key.jwk()]));
+    let took = eventually_accepted(&stack, &file_key.token()).await;
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    refused(
+        &stack,
+        &stack.rs256(&Claims::valid("org-a"), Some("rsa-1")),
+        "no configured key",
+    )
+    .await;
+
+    // The IdP failing keeps the last good keys: errors, garbage, an empty set, then no server.
+    for (status, body) in [
+        (500, "{}".to_owned()),
+        (200, "<html>maintenance</html>".to_owned()),
+        (200, jwks(&[])),
+    ] {
+        idp.set(status, body);
+        idp.await_hits(2).await;
+        accepted(&stack, &second.token()).await;
+        accepted(&stack, &file_key.token()).await;
+    }
+    drop(idp);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    accepted(&stack, &second.token()).await;
+    refused(&stack, &first.token(), NOT_VERIFIED).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
+    let (first, second) = (IdpKey::new("k1"), IdpKey::new("k2"));
+    let idp = JwksServer::start(jwks(&[first.jwk()]));
+    // No scheduled refresh during the test: only unknown kids refresh.
+    let stack = Stack::start(Options {
+        auth: format!(
+            "jwks_url = \"{}\"\njwks_refresh_secs = 3600\njwks_min_refresh_interval_secs = 2\n",
+            idp.url()
+        ),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(idp.hits(), 1, "fetched once at start");
+    accepted(&stack, &first.token()).await;
+
+    // The IdP publishes a key plinth has not seen; its first token makes plinth fetch, and is
+    // accepted at once.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    idp.set(200, jwks(&[first.jwk(), second.jwk()]));
+    accepted(&stack, &second.token()).await;
+    assert_eq!(idp.hits(), 2);
+    let fetched = Instant::now();
+
+    // Unknown kids within the interval fetch nothing more.
+    for i in 0..10 {
+        let stranger = IdpKey::new(&format!("unknown-{i}"));
+        refused(&stack, &stranger.token(), NOT_VERIFIED).await;
+    }
+    assert!(fetched.elapsed() < Duration::from_secs(2));
+    assert_eq!(idp.hits(), 2);
+
+    // After it, one more.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(fetched.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..5 {
+        let stranger = IdpKey::new(&format!("later-{i}"));
+        refused(&stack, &stranger.token(), NOT_VERIFIED).await;
+    }
+    assert_eq!(idp.hits(), 3);
 }

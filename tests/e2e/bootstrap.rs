@@ -1,16 +1,18 @@
 //! The boot path, end to end: found a 3-node cluster through the API; read each VM's userdata
-//! from the compute service; run that userdata shim (fetch with the node's token, check the
-//! checksum, unpack); boot a real 3-member etcd from the unpacked files and the flags of each
-//! node's etcd manifest; reach it with the bundle's apiserver-etcd-client certificate (and be
-//! refused with the admin's); and complete a TLS handshake between kubectl (admin kubeconfig)
-//! and node 1's apiserver certificate. Bundles go only to the holder of the node's token.
+//! from the compute service; run that userdata shim (fetch over HTTPS from plinth's bootstrap
+//! listener, trusting only the CA the shim pins, with the node's token; check the checksum,
+//! unpack); boot a real 3-member etcd from the unpacked files and the flags of each node's etcd
+//! manifest; reach it with the bundle's apiserver-etcd-client certificate (and be refused with
+//! the admin's); and complete a TLS handshake between kubectl (admin kubeconfig) and node 1's
+//! apiserver certificate. Bundles go only to the holder of the node's token, and a shim gives
+//! nothing to a server whose certificate its CA did not sign.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Options, Stack, compute_get, kubectl_config};
+use crate::support::{Options, Stack, compute_get, kubectl_config, serving_cert_for_loopback};
 use crate::tls::{assert_kubectl_accepted, kubectl_through_s_server};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -51,19 +53,9 @@ async fn found_and_fetch(stack: &Stack) -> (Value, Vec<Node>) {
     let mut nodes = Vec::new();
     for (n, node) in founded["nodes"].as_array().unwrap().iter().enumerate() {
         let shim = user_data(stack, node["vm_id"].as_str().unwrap()).await;
-        assert!(!shim.contains("BEGIN"), "the shim carries no key material");
-        let root = stack
-            .scratch(&format!("node-{}/.keep", n + 1), "")
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let shim_file = stack.scratch(&format!("shim-{}.sh", n + 1), &shim);
-        let output = Command::new("sh")
-            .arg(&shim_file)
-            .env("PLINTH_BOOTSTRAP_ROOT", &root)
-            .env("PLINTH_START_KUBELET", "no")
-            .output()
-            .unwrap();
+        assert_pins_the_stacks_ca(stack, &shim);
+        let root = empty_dir(stack, &format!("node-{}", n + 1));
+        let output = run_shim(stack, &format!("shim-{}", n + 1), &shim, &root);
         assert!(
             output.status.success(),
             "the shim failed: {}",
@@ -78,6 +70,70 @@ async fn found_and_fetch(stack: &Stack) -> (Value, Vec<Node>) {
         });
     }
     (founded, nodes)
+}
+
+/// The shim carries no private key; with a TLS stack it fetches over https and carries the
+/// stack's bootstrap CA certificate, and without one it carries no certificate at all.
+fn assert_pins_the_stacks_ca(stack: &Stack, shim: &str) {
+    assert!(!shim.contains("PRIVATE KEY"), "the shim carries no key");
+    let url = line_value(shim, "PLINTH_BOOTSTRAP_URL");
+    assert!(url.starts_with(&stack.bootstrap_base), "{url}");
+    match &stack.bootstrap_ca {
+        Some(ca) => {
+            assert!(url.starts_with("https://"), "{url}");
+            let ca = std::fs::read_to_string(ca).unwrap();
+            assert!(shim.contains(&ca), "the shim does not pin the CA:\n{shim}");
+            assert!(shim.contains("--cacert"), "{shim}");
+        }
+        None => assert!(!shim.contains("BEGIN"), "{shim}"),
+    }
+}
+
+/// A new empty directory in the stack's scratch space.
+fn empty_dir(stack: &Stack, name: &str) -> PathBuf {
+    stack
+        .scratch(&format!("{name}/.keep"), "")
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every file under `root`, relative to it (`.keep` aside), sorted.
+fn files_under(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, found);
+            } else if path.file_name().is_some_and(|n| n != ".keep") {
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(root, root, &mut found);
+    found.sort();
+    found
+}
+
+/// Runs `shim` as a VM would (under `root`, without starting a kubelet). `sleep` is a no-op, so
+/// a shim that never gets a bundle spends its 30 attempts at once instead of 5 minutes.
+fn run_shim(stack: &Stack, label: &str, shim: &str, root: &Path) -> std::process::Output {
+    let bin = empty_dir(stack, "no-sleep");
+    let sleep = stack.scratch("no-sleep/sleep", "#!/bin/sh\nexit 0\n");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&sleep, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let shim_file = stack.scratch(&format!("{label}.sh"), shim);
+    Command::new("sh")
+        .arg(&shim_file)
+        .env("PATH", path)
+        .env("PLINTH_BOOTSTRAP_ROOT", root)
+        .env("PLINTH_START_KUBELET", "no")
+        .output()
+        .unwrap()
 }
 
 fn path(node: &Node, file: &str) -> PathBuf {
@@ -156,7 +212,12 @@ fn etcdctl(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_boots_from_the_bundles_and_kubectl_trusts_node_1s_apiserver() {
-    let stack = Stack::start(Options::default()).await;
+    // The VMs fetch over HTTPS, from the bootstrap listener, trusting only the pinned CA.
+    let stack = Stack::start(Options {
+        bootstrap_tls: true,
+        ..Options::default()
+    })
+    .await;
     let (founded, nodes) = found_and_fetch(&stack).await;
     let first = &nodes[0];
 
@@ -461,4 +522,165 @@ async fn an_expired_bootstrap_token_is_refused() {
         StatusCode::UNAUTHORIZED,
         "expired, it does not"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_fetches_over_https_from_plinth_and_from_no_server_its_ca_did_not_sign() {
+    let stack = Stack::start(Options {
+        bootstrap_tls: true,
+        ..Options::default()
+    })
+    .await;
+    let ca_file = stack.bootstrap_ca.clone().unwrap();
+    let (status, _, founded) = stack
+        .post_cluster(&stack.token("org-a"), json!({"control_plane_count": 1}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{founded}");
+    let shim = user_data(&stack, founded["vm_ids"][0].as_str().unwrap()).await;
+    assert_pins_the_stacks_ca(&stack, &shim);
+    let url = line_value(&shim, "PLINTH_BOOTSTRAP_URL");
+
+    // The bootstrap listener serves the bootstrap route and nothing else.
+    let curl_status = |url: &str| {
+        let output = run(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                ca_file.to_str().unwrap(),
+                url,
+            ],
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for other in ["/healthz", "/metrics", "/openapi.json", "/clusters"] {
+        assert_eq!(
+            curl_status(&format!("{}{other}", stack.bootstrap_base)),
+            "404",
+            "{other}"
+        );
+    }
+    assert_eq!(
+        curl_status(&url),
+        "401",
+        "the bootstrap route, without a token"
+    );
+
+    // An impostor on 127.0.0.1: a certificate for the same address from another CA, serving (to
+    // whoever trusts it) a well-formed bundle with its checksum at the node's own path.
+    let impostor = empty_dir(&stack, "impostor");
+    let (impostor_ca, impostor_cert, impostor_key) =
+        serving_cert_for_loopback(&impostor, "impostor").await;
+    let payload = empty_dir(&stack, "impostor/payload");
+    std::fs::create_dir_all(payload.join("etc")).unwrap();
+    std::fs::write(payload.join("etc/planted"), "the impostor was trusted\n").unwrap();
+    let tgz = impostor.join("bundle.tgz");
+    let packed = run(
+        "tar",
+        &[
+            "-czf",
+            tgz.to_str().unwrap(),
+            "-C",
+            payload.to_str().unwrap(),
+            "etc",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(packed.status.success(), "{}", output_text(&packed));
+    let bundle = std::fs::read(&tgz).unwrap();
+    let sum: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&bundle)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let www = empty_dir(&stack, "impostor/www");
+    let node_path = url.split_once("://").unwrap().1.split_once('/').unwrap().1;
+    let mut response = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: application/gzip\r\nX-Bundle-Sha256: {sum}\r\n\r\n"
+    )
+    .into_bytes();
+    response.extend_from_slice(&bundle);
+    let page = www.join(node_path);
+    std::fs::create_dir_all(page.parent().unwrap()).unwrap();
+    std::fs::write(&page, response).unwrap();
+    let port = plinth_testkit::free_port();
+    let _server = Process::spawn_in(
+        &www,
+        "impostor",
+        "openssl",
+        &[
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-HTTP",
+            "-cert",
+            impostor_cert.to_str().unwrap(),
+            "-key",
+            impostor_key.to_str().unwrap(),
+        ],
+        &impostor.join("s_server.log"),
+    );
+    wait_for_port(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+        Duration::from_secs(15),
+    );
+    // The same shim, its traffic sent to the impostor (as a man in the middle would).
+    let diverted = shim.replace(&stack.bootstrap_base, &format!("https://127.0.0.1:{port}"));
+    assert_ne!(diverted, shim);
+
+    let refused_root = empty_dir(&stack, "refused");
+    let output = run_shim(&stack, "diverted", &diverted, &refused_root);
+    let said = output_text(&output);
+    assert!(
+        !output.status.success(),
+        "the shim trusted the impostor: {said}"
+    );
+    assert!(
+        said.contains("no whole bootstrap bundle after 30 attempts"),
+        "{said}"
+    );
+    assert!(
+        said.contains("SSL certificate problem"),
+        "not refused for its certificate: {said}"
+    );
+    assert_eq!(files_under(&refused_root), Vec::<String>::new(), "{said}");
+
+    // Had the shim pinned the impostor's CA instead, it would have taken the planted bundle:
+    // what refused it above is the pin, nothing else.
+    let ca_pem = std::fs::read_to_string(&ca_file).unwrap();
+    let impostor_pem = std::fs::read_to_string(&impostor_ca).unwrap();
+    let misled = diverted.replace(&ca_pem, &impostor_pem);
+    assert_ne!(misled, diverted);
+    let misled_root = empty_dir(&stack, "misled");
+    let output = run_shim(&stack, "misled", &misled, &misled_root);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(files_under(&misled_root), ["etc/planted"]);
+
+    // The shim as it is fetches its bundle from plinth over HTTPS, and unpacks it.
+    let root = empty_dir(&stack, "node-1");
+    let output = run_shim(&stack, "shim", &shim, &root);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let files = files_under(&root);
+    for expected in [
+        "etc/kubernetes/pki/ca.crt",
+        "etc/kubernetes/pki/apiserver.key",
+        "etc/kubernetes/manifests/etcd.yaml",
+        "etc/kubernetes/kubelet.conf",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} not in {files:?}"
+        );
+    }
+    let cluster_ca = std::fs::read_to_string(root.join("etc/kubernetes/pki/ca.crt")).unwrap();
+    assert!(cluster_ca.contains("BEGIN CERTIFICATE"));
 }

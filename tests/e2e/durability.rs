@@ -232,8 +232,9 @@ async fn the_same_name_twice_at_once_is_one_cluster_and_a_quick_409() {
     assert_eq!(problem["type"], "https://plinth.dev/problems/name-taken");
     assert!(took < Duration::from_secs(1), "the 409 took {took:?}");
     assert_eq!(first.await.unwrap(), Some(StatusCode::CREATED));
-    // Only the winner touched the compute service.
-    assert_eq!(fleet.compute_calls("get_subnet").await, 1);
+    // Only the winner changed anything at the compute service; each founding read the subnet
+    // once, to check its organization may use it before claiming the name.
+    assert_eq!(fleet.compute_calls("get_subnet").await, 2);
     assert_eq!(fleet.compute_calls("create_security_group").await, 1);
     assert_eq!(fleet.compute_calls("create_vm").await, 3);
     fleet.settles(RECOVERY).await;
@@ -243,6 +244,9 @@ async fn the_same_name_twice_at_once_is_one_cluster_and_a_quick_409() {
 async fn slow_foundings_do_not_pin_the_pool() {
     let options = FleetOptions {
         max_connections: 8,
+        // All 24 of one organization run at once.
+        max_foundings_in_flight_per_org: 24,
+        max_clusters_per_org: 24,
         ..FleetOptions::default()
     };
     let fleet = Fleet::start(options).await;
@@ -263,6 +267,7 @@ async fn slow_foundings_do_not_pin_the_pool() {
     };
     // Readiness holds throughout, while the foundings make their keys and while they wait.
     let mut latencies = Vec::new();
+    let since = Instant::now();
     loop {
         assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
         let waiting = fleet
@@ -271,6 +276,10 @@ async fn slow_foundings_do_not_pin_the_pool() {
         if waiting == 24 {
             break;
         }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "only {waiting} of 24 foundings reached create_vms within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // All 24 now wait on the compute service: reads must not wait for them.

@@ -39,6 +39,13 @@ pub struct FleetOptions {
     pub token_reuse_window_secs: u64,
     /// `founding.deadline_secs` (a deletion's bound too).
     pub deadline_secs: u64,
+    /// Subnets of one organization each, seeded beside the shared `subnet-local`:
+    /// (id, owner).
+    pub org_subnets: Vec<(String, String)>,
+    /// `limits.max_foundings_in_flight_per_org`.
+    pub max_foundings_in_flight_per_org: u32,
+    /// `limits.max_clusters_per_org`.
+    pub max_clusters_per_org: u32,
 }
 
 impl Default for FleetOptions {
@@ -52,6 +59,9 @@ impl Default for FleetOptions {
             orphan_grace_secs: 3600,
             token_reuse_window_secs: 600,
             deadline_secs: 600,
+            org_subnets: Vec::new(),
+            max_foundings_in_flight_per_org: 10,
+            max_clusters_per_org: 20,
         }
     }
 }
@@ -118,9 +128,20 @@ impl Fleet {
     pub async fn start(options: FleetOptions) -> Self {
         plinth_api::jwt_crypto::install();
         let db = TestDatabase::create().await;
-        let sim = plinth_compute_sim::start(SimSettings::new(db.url(), COMPUTE_TOKEN))
-            .await
-            .unwrap();
+        let mut sim_settings = SimSettings::new(db.url(), COMPUTE_TOKEN);
+        for (n, (id, owner)) in options.org_subnets.iter().enumerate() {
+            let n = u8::try_from(n).unwrap() + 11;
+            sim_settings
+                .subnets
+                .push(plinth_compute_sim::store::SubnetSeed {
+                    id: id.clone(),
+                    ipv4_cidr: ipnet::Ipv4Net::new([127, n, 0, 0].into(), 24).unwrap(),
+                    ipv6_cidr: None,
+                    public_pool: None,
+                    owner: owner.clone(),
+                });
+        }
+        let sim = plinth_compute_sim::start(sim_settings).await.unwrap();
         let keys = Keys::generate();
         let dir = std::env::temp_dir().join(format!(
             "plinth-fleet-{}-{}",
@@ -178,6 +199,12 @@ dns_zone = "{ZONE}"
 vm_address_deadline_secs = 10
 vm_address_poll_ms = 50
 deadline_secs = {deadline}
+# The replicas' own plain-HTTP listeners: a test fleet on loopback.
+allow_insecure_bootstrap = true
+
+[limits]
+max_foundings_in_flight_per_org = {in_flight}
+max_clusters_per_org = {clusters}
 
 [bootstrap]
 kubernetes_version = "v1.32.4"
@@ -202,6 +229,8 @@ orphan_sweep_interval_secs = 1
             grace = options.orphan_grace_secs,
             deadline = options.deadline_secs,
             reuse = options.token_reuse_window_secs,
+            in_flight = options.max_foundings_in_flight_per_org,
+            clusters = options.max_clusters_per_org,
         );
         write(&dir, "fleet.toml", &config);
         Self {
@@ -212,6 +241,42 @@ orphan_sweep_interval_secs = 1
             dir,
             _dns: dns,
         }
+    }
+
+    /// Runs `plinth serve` on the fleet's configuration with `overrides` (environment
+    /// variables), expecting it to refuse to start: what it wrote to stderr. Panics if it is still
+    /// running after 30 s.
+    pub fn refused_start(&self, overrides: &[(&str, &str)]) -> String {
+        let mut command = Command::new(plinth_binary());
+        command
+            .arg("serve")
+            .env("PLINTH_CONFIG_DIR", &self.dir)
+            .env("PLINTH_ENV", "fleet")
+            .env(
+                "PLINTH__SERVER__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("plinth started with {overrides:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            !output.status.success(),
+            "plinth exited 0 with {overrides:?}"
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
     /// Starts a replica and waits until it is ready.

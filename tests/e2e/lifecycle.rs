@@ -71,7 +71,7 @@ async fn a_deleted_cluster_leaves_no_vm_group_record_or_row_and_the_callers_grou
         .client
         .post(format!("{}/v1/security-groups", stack.sim.base_url()))
         .bearer_auth(COMPUTE_TOKEN)
-        .json(&json!({"name": "theirs"}))
+        .json(&json!({"name": "theirs", "owner": "org-a"}))
         .send()
         .await
         .unwrap()

@@ -11,5 +11,6 @@ mod durability;
 mod fleet;
 mod idempotency;
 mod lifecycle;
+mod security;
 mod support;
 mod tls;

@@ -44,6 +44,20 @@ pub struct Options {
     pub faults: Vec<(Operation, Value)>,
     /// How long bootstrap tokens work.
     pub token_ttl_secs: u64,
+    /// Further `[auth]` settings, TOML lines (`jwks_url = "…"`).
+    pub auth: String,
+    /// `server.bootstrap_refusal_burst`.
+    pub refusal_burst: u32,
+    /// `recovery.scan_interval_secs` and `orphan_sweep_interval_secs`: how often the background
+    /// passes run (after the first, at start).
+    pub background_secs: u64,
+    /// Serve `/metrics` on an address of its own (`server.metrics_listen`).
+    pub metrics_apart: bool,
+    /// Serve the bootstrap route on its own HTTPS listener (`server.bootstrap_listen`, with a
+    /// certificate for 127.0.0.1 from a CA made for the test) and found with
+    /// `https://127.0.0.1:<its port>`, that CA pinned in every shim. Otherwise VMs fetch from the
+    /// main listener over plain HTTP (`founding.allow_insecure_bootstrap`).
+    pub bootstrap_tls: bool,
 }
 
 impl Default for Options {
@@ -53,6 +67,11 @@ impl Default for Options {
             compute_attempts: 3,
             faults: Vec::new(),
             token_ttl_secs: 3600,
+            auth: String::new(),
+            refusal_burst: 20,
+            background_secs: 5,
+            metrics_apart: false,
+            bootstrap_tls: false,
         }
     }
 }
@@ -136,7 +155,40 @@ pub struct Stack {
     pub base: String,
     pub keys: Keys,
     pub client: reqwest::Client,
+    /// `http://<server.metrics_listen>`, when metrics are served apart.
+    pub metrics_base: Option<String>,
+    /// `founding.bootstrap_base_url`: where the VMs' shims fetch from.
+    pub bootstrap_base: String,
+    /// The bootstrap listener's CA certificate (PEM file), with `Options::bootstrap_tls`.
+    pub bootstrap_ca: Option<PathBuf>,
     dir: PathBuf,
+}
+
+/// A CA and a serving certificate for 127.0.0.1 it signed, made by plinth's own PKI and written
+/// to `dir` as `<label>-ca.crt`, `<label>.crt` and `<label>.key`: (CA, certificate, key).
+pub async fn serving_cert_for_loopback(dir: &Path, label: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use plinth_domain::model::{ClusterId, SubjectAltNames};
+    use plinth_domain::ports::pki::{Pki as _, ServingCertRequest};
+    let pki = plinth_x509_pki::X509Pki::new(plinth_x509_pki::PkiSettings::default()).unwrap();
+    let ca = pki
+        .create_cluster_ca(ClusterId::new_random())
+        .await
+        .unwrap()
+        .root;
+    let request = ServingCertRequest {
+        common_name: format!("{label} on loopback"),
+        sans: SubjectAltNames {
+            dns_names: vec![],
+            ip_addresses: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+        },
+        client_auth: false,
+    };
+    let serving = pki.sign_serving_cert(&ca, &request).await.unwrap();
+    (
+        write(dir, &format!("{label}-ca.crt"), &ca.cert_pem),
+        write(dir, &format!("{label}.crt"), &serving.cert_pem),
+        write(dir, &format!("{label}.key"), serving.key_pem.expose()),
+    )
 }
 
 /// `GET <path>` on the compute service at `sim`, as plinth calls it; the answer's JSON.
@@ -189,11 +241,45 @@ impl Stack {
         let jwks = write(&dir, "jwks.json", &keys.jwks().to_string());
         // A known port, so the VMs' userdata points at this plinth.
         let port = plinth_testkit::free_port();
+        let metrics_port = options.metrics_apart.then(plinth_testkit::free_port);
+        let (bootstrap_base, bootstrap_ca, server_tls, founding_tls) = if options.bootstrap_tls {
+            let bootstrap_port = plinth_testkit::free_port();
+            let (ca, cert, key) = serving_cert_for_loopback(&dir, "bootstrap").await;
+            let base = format!("https://127.0.0.1:{bootstrap_port}");
+            (
+                base.clone(),
+                Some(ca.clone()),
+                format!(
+                    "bootstrap_listen = \"127.0.0.1:{bootstrap_port}\"\n\
+                     bootstrap_tls_cert_file = \"{}\"\nbootstrap_tls_key_file = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                ),
+                format!("bootstrap_ca_file = \"{}\"\n", ca.display()),
+            )
+        } else {
+            // Plain HTTP, on the main listener: allowed for this test stack only.
+            (
+                format!("http://127.0.0.1:{port}"),
+                None,
+                String::new(),
+                "allow_insecure_bootstrap = true\n".to_owned(),
+            )
+        };
         let e2e = format!(
             r#"
 [server]
 listen = "127.0.0.1:{port}"
 shutdown_timeout_secs = 30
+bootstrap_refusal_burst = {burst}
+metrics_listen = "{metrics_listen}"
+{server_tls}
+
+[recovery]
+lease_secs = 30
+scan_interval_secs = {background}
+orphan_grace_secs = 600
+orphan_sweep_interval_secs = {background}
 
 [log]
 level = "warn"
@@ -210,6 +296,7 @@ issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 public_key_files = ["{es_public}"]
 jwks_file = "{jwks}"
+{auth}
 
 [compute]
 base_url = "{compute}"
@@ -231,10 +318,16 @@ request_timeout_ms = 1000
 dns_zone = "{ZONE}"
 vm_address_deadline_secs = 10
 vm_address_poll_ms = 50
-bootstrap_base_url = "http://127.0.0.1:{port}"
+bootstrap_base_url = "{bootstrap_base}"
 bootstrap_token_ttl_secs = {ttl}
-"#,
+{founding_tls}"#,
             ttl = options.token_ttl_secs,
+            burst = options.refusal_burst,
+            metrics_listen = metrics_port
+                .map(|p| format!("127.0.0.1:{p}"))
+                .unwrap_or_default(),
+            background = options.background_secs,
+            auth = options.auth,
             db = db.url(),
             keys_file = keys_file.display(),
             es_public = es_public.display(),
@@ -261,6 +354,9 @@ bootstrap_token_ttl_secs = {ttl}
             base,
             keys,
             client: reqwest::Client::new(),
+            metrics_base: metrics_port.map(|p| format!("http://127.0.0.1:{p}")),
+            bootstrap_base,
+            bootstrap_ca,
             dir,
         }
     }

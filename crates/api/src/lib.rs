@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod http;
+mod jwks;
 pub mod jwt_crypto;
 pub mod metrics;
 pub mod problem;

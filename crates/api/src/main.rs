@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, default_value = "12h", value_parser = parse_ttl)]
         ttl: Duration,
     },
+    /// Print the JWKS (RFC 7517) of the local development key's public half, as an identity
+    /// provider publishes its keys (`auth.jwks_file` or `auth.jwks_url` can then serve it).
+    DevJwks,
 }
 
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
@@ -99,18 +102,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::DevToken { org, ttl } => {
             let config = config(&cli)?;
             let org = OrgId::parse(org).map_err(|e| format!("--org: {e}"))?;
-            let file = config
-                .auth
-                .dev_signing_key_file
-                .filter(|f| !f.as_os_str().is_empty())
-                .ok_or(
-                    "auth.dev_signing_key_file is not set: dev tokens exist only for local \
-                     stacks (run with --env dev, or PLINTH_ENV=dev)",
-                )?;
-            let key = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if ttl.as_secs() > config.auth.max_token_lifetime_secs {
+                return Err(format!(
+                    "--ttl: {}s is longer than auth.max_token_lifetime_secs ({}s): plinth would \
+                     refuse the token",
+                    ttl.as_secs(),
+                    config.auth.max_token_lifetime_secs
+                ));
+            }
+            let key = dev_signing_key(&config)?;
             let token = plinth_api::auth::mint_token(
-                &SecretText::new(key),
+                &key,
                 &config.auth.issuer,
                 &config.auth.audience,
                 &org,
@@ -119,7 +121,28 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{token}");
             Ok(())
         }
+        Command::DevJwks => {
+            let jwks = plinth_api::auth::dev_jwks(&dev_signing_key(&config(&cli)?)?)?;
+            println!("{jwks}");
+            Ok(())
+        }
     }
+}
+
+/// The key of `auth.dev_signing_key_file`.
+fn dev_signing_key(config: &Config) -> Result<SecretText, String> {
+    let file = config
+        .auth
+        .dev_signing_key_file
+        .as_ref()
+        .filter(|f| !f.as_os_str().is_empty())
+        .ok_or(
+            "auth.dev_signing_key_file is not set: dev keys exist only for local stacks (run \
+             with --env dev, or PLINTH_ENV=dev)",
+        )?;
+    std::fs::read_to_string(file)
+        .map(SecretText::new)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
 #[tokio::main]

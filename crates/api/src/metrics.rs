@@ -11,7 +11,7 @@ use plinth_domain::model::OperationKind;
 use plinth_domain::ports::observer::Observer;
 use plinth_domain::ports::operations::ResourceKind;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// The content type of [`Metrics::render`]'s output.
@@ -39,7 +39,13 @@ pub struct Metrics {
     recoveries: IntCounterVec,
     orphans: IntCounterVec,
     bootstrap_fetches: IntCounterVec,
+    failures: IntCounterVec,
     in_flight: IntGauge,
+    /// The storage adapter's own counts, copied in at each scrape.
+    keys_opened: IntCounter,
+    queries: IntCounter,
+    /// Scrapes copy those in one at a time, so two at once never add a difference twice.
+    copying: std::sync::Mutex<()>,
 }
 
 /// The process's metrics.
@@ -107,6 +113,22 @@ impl Metrics {
             ),
             &["outcome"],
         );
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "plinth_operation_failures_total",
+                "Failed operations, by kind and problem kind (alert on \
+                 kind=\"compute-misconfigured\": the deployment needs fixing).",
+            ),
+            &["operation", "kind"],
+        );
+        let keys_opened = IntCounter::new(
+            "plinth_private_keys_opened_total",
+            "Sealed private keys this process opened (a refused bootstrap fetch opens none).",
+        );
+        let queries = IntCounter::new(
+            "plinth_database_queries_total",
+            "Statements this process sent to PostgreSQL.",
+        );
         let in_flight = IntGauge::new(
             "plinth_foundings_in_flight",
             "Foundings this replica runs now.",
@@ -121,7 +143,10 @@ impl Metrics {
             Ok(recoveries),
             Ok(orphans),
             Ok(bootstrap_fetches),
+            Ok(failures),
             Ok(in_flight),
+            Ok(keys_opened),
+            Ok(queries),
         ) = (
             requests,
             latencies,
@@ -131,7 +156,10 @@ impl Metrics {
             recoveries,
             orphans,
             bootstrap_fetches,
+            failures,
             in_flight,
+            keys_opened,
+            queries,
         )
         else {
             unreachable!("the metric definitions are constant and valid")
@@ -145,7 +173,10 @@ impl Metrics {
             Box::new(recoveries.clone()),
             Box::new(orphans.clone()),
             Box::new(bootstrap_fetches.clone()),
+            Box::new(failures.clone()),
             Box::new(in_flight.clone()),
+            Box::new(keys_opened.clone()),
+            Box::new(queries.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::error!(error = %e, "registering a metric failed");
@@ -161,7 +192,11 @@ impl Metrics {
             recoveries,
             orphans,
             bootstrap_fetches,
+            failures,
             in_flight,
+            keys_opened,
+            queries,
+            copying: std::sync::Mutex::default(),
         }
     }
 
@@ -204,6 +239,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let copying = self.copying.lock().unwrap_or_else(|e| e.into_inner());
+        for (counter, now) in [
+            (&self.keys_opened, plinth_diesel_pg::private_keys_opened()),
+            (&self.queries, plinth_diesel_pg::queries_sent()),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        drop(copying);
         let mut out = Vec::new();
         if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "encoding the metrics failed");
@@ -231,6 +274,13 @@ impl Observer for MetricsObserver {
             };
             m.outcome(outcome);
         }
+    }
+
+    fn operation_failed(&self, kind: OperationKind, problem: &str) {
+        metrics()
+            .failures
+            .with_label_values(&[kind.as_str(), problem])
+            .inc();
     }
 
     fn foundings_in_flight(&self, count: usize) {

@@ -236,14 +236,18 @@ impl From<FetchBundleError> for ApiError {
 fn status_of(kind: FailureKind) -> StatusCode {
     match kind {
         FailureKind::NameTaken | FailureKind::ComputeConflict => StatusCode::CONFLICT,
+        FailureKind::QuotaExceeded => StatusCode::FORBIDDEN,
+        FailureKind::TooManyFoundings => StatusCode::TOO_MANY_REQUESTS,
         FailureKind::TrustMaterialFailed => StatusCode::INTERNAL_SERVER_ERROR,
         FailureKind::DatabaseUnavailable | FailureKind::Interrupted => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         FailureKind::ComputeRefused => StatusCode::UNPROCESSABLE_ENTITY,
-        FailureKind::ComputeFailed | FailureKind::VmLookupFailed | FailureKind::DnsFailed => {
-            StatusCode::BAD_GATEWAY
-        }
+        FailureKind::ComputeFailed
+        | FailureKind::VmLookupFailed
+        | FailureKind::DnsFailed
+        | FailureKind::ComputeMisconfigured => StatusCode::BAD_GATEWAY,
+        FailureKind::CapacityExhausted => StatusCode::SERVICE_UNAVAILABLE,
         FailureKind::ComputeTimeout
         | FailureKind::VmAddressesTimeout
         | FailureKind::FoundingDeadline
@@ -263,7 +267,7 @@ impl From<&OperationProblem> for ApiError {
                 left_behind: problem.left_behind.clone(),
             });
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             error.retry_after = Some(RETRY_AFTER_SECS);
         }
         error

@@ -1,6 +1,19 @@
 //! The compute contract (docs/ARCHITECTURE.md §4) over HTTP: JSON, a bearer service token, RFC 9457 problem+json errors,
 //! `Idempotency-Key` on VM and security group creation, listing by tag, OpenAPI at
 //! `GET /openapi.json`, and `/admin/faults` to change fault injection at run time.
+//!
+//! Subnets and security groups carry an `owner` (`shared` or an organization id): a group's
+//! creator names it (`POST /v1/security-groups` requires it), and every answer about a subnet or
+//! a group, listings included, reports it.
+//!
+//! Problems have type `about:blank` except two 409s a client must tell apart:
+//! - [`CAPACITY_EXHAUSTED`] (`…/capacity-exhausted`), from `POST /v1/vms` when the subnet's IPv4
+//!   or IPv6 range or its public pool has no free address left; the detail names the range.
+//!   The request itself was fine: it may succeed once addresses are freed.
+//! - [`IN_USE`] (`…/in-use`), from `DELETE /v1/security-groups/{id}` while a VM still uses the
+//!   group; the detail names (up to five of) the VMs.
+//!
+//! An injected fault is always `about:blank`, whatever its status.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::faults::{FaultRule, FaultState, Faults, Operation, Verdict};
-use crate::store::{Idempotency, LIST_LIMIT, NewVm, SecurityGroup, Store, StoreError, Vm};
+use crate::store::{
+    Idempotency, LIST_LIMIT, NewVm, SecurityGroup, Store, StoreError, Vm, is_valid_owner,
+};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -29,10 +44,23 @@ pub struct AppState {
 
 // ---- errors -----------------------------------------------------------------------------------
 
+/// The problem type of a 409 for a request that was fine but found no capacity left (no free
+/// address in a subnet's range or public pool).
+pub const CAPACITY_EXHAUSTED: &str = "https://plinth.dev/problems/compute/capacity-exhausted";
+
+/// The problem type of a 409 for deleting a security group a VM still uses.
+pub const IN_USE: &str = "https://plinth.dev/problems/compute/in-use";
+
+/// The problem type of every other problem.
+const ABOUT_BLANK: &str = "about:blank";
+
 /// An RFC 9457 problem.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// A URI naming the kind of problem.
+    /// A URI naming the kind of problem: `about:blank`, except for two 409s —
+    /// `https://plinth.dev/problems/compute/capacity-exhausted` (no free address left) and
+    /// `https://plinth.dev/problems/compute/in-use` (a security group a VM still uses). Clients
+    /// should match the last path segment.
     #[serde(rename = "type")]
     pub kind: String,
     /// Short summary.
@@ -48,6 +76,8 @@ pub struct Problem {
 #[error("{detail}")]
 pub struct ApiError {
     status: StatusCode,
+    /// The problem type.
+    kind: &'static str,
     detail: String,
 }
 
@@ -55,6 +85,15 @@ impl ApiError {
     fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
             status,
+            kind: ABOUT_BLANK,
+            detail: detail.into(),
+        }
+    }
+
+    fn typed(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
             detail: detail.into(),
         }
     }
@@ -78,7 +117,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let problem = Problem {
-            kind: "about:blank".into(),
+            kind: self.kind.to_owned(),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
@@ -96,9 +135,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
-            StoreError::Conflict(m) | StoreError::Exhausted(m) => {
-                Self::new(StatusCode::CONFLICT, m)
-            }
+            StoreError::InUse(m) => Self::typed(StatusCode::CONFLICT, IN_USE, m),
+            StoreError::Exhausted(m) => Self::typed(StatusCode::CONFLICT, CAPACITY_EXHAUSTED, m),
             StoreError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, m),
             StoreError::Database(m) => {
                 tracing::error!(error = %m, "database failure");
@@ -178,7 +216,7 @@ fn fail_after(status: Option<u16>) -> Result<(), ApiError> {
 
 // ---- wire types -------------------------------------------------------------------------------
 
-/// A subnet's ranges.
+/// A subnet's ranges and owner.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SubnetBody {
     /// Id.
@@ -187,6 +225,10 @@ pub struct SubnetBody {
     pub ipv4_cidr: String,
     /// IPv6 range, e.g. `fd00:10::/64`.
     pub ipv6_cidr: Option<String>,
+    /// Who may use it: `shared` (every organization) or one organization's id (1 to 128 ASCII
+    /// letters, digits, `.`, `_`, `:`, `-`).
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", examples("shared", "org-b"))]
+    pub owner: String,
 }
 
 /// A security group to create.
@@ -195,6 +237,11 @@ pub struct SubnetBody {
 pub struct NewSecurityGroupBody {
     /// Name.
     pub name: String,
+    /// Who may use the group: the organization it is created for (1 to 128 ASCII letters,
+    /// digits, `.`, `_`, `:`, `-`), or `shared` for every organization. Required: a missing
+    /// owner is a 400, a malformed one a 422.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", examples("org-a", "shared"))]
+    pub owner: String,
     /// Tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -207,6 +254,9 @@ pub struct SecurityGroupBody {
     pub id: String,
     /// Name.
     pub name: String,
+    /// Who may use it: `shared` (every organization) or one organization's id.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", examples("org-a", "shared"))]
+    pub owner: String,
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// RFC 3339 creation time.
@@ -344,6 +394,7 @@ impl From<SecurityGroup> for SecurityGroupBody {
         Self {
             id: group.id,
             name: group.name,
+            owner: group.owner,
             tags: tags_from(group.tags),
             created_at: rfc3339(group.created_at),
         }
@@ -365,6 +416,19 @@ fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{field} must have 1 to {max} characters and no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_owner(owner: &str) -> Result<(), ApiError> {
+    if !is_valid_owner(owner) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "owner {owner:?} must be \"shared\" or an organization id: 1 to 128 ASCII letters, \
+                 digits and . _ : -"
+            ),
         ));
     }
     Ok(())
@@ -451,7 +515,7 @@ fn tag_parameter(query: &[(String, String)]) -> Result<(String, String), ApiErro
 
 // ---- handlers ---------------------------------------------------------------------------------
 
-/// Read a subnet's address ranges.
+/// Read a subnet's address ranges and owner.
 #[utoipa::path(get, path = "/v1/subnets/{id}", tag = "compute",
     params(("id" = String, Path, description = "Subnet id")),
     responses((status = 200, body = SubnetBody), (status = 404, body = Problem), (status = 401, body = Problem)),
@@ -468,18 +532,19 @@ pub async fn get_subnet(
         id: subnet.id,
         ipv4_cidr: subnet.ipv4_cidr.to_string(),
         ipv6_cidr: subnet.ipv6_cidr.map(|n| n.to_string()),
+        owner: subnet.owner,
     }))
 }
 
-/// Create a security group (no rules yet). With an `Idempotency-Key` header, a retry of the same
-/// request returns the same group.
+/// Create a security group (no rules yet) for an owner. With an `Idempotency-Key` header, a retry
+/// of the same request returns the same group (a different owner is a different request).
 #[utoipa::path(post, path = "/v1/security-groups", tag = "compute", request_body = NewSecurityGroupBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible characters. \
         The same key with the same body gives the group the first request created (200); with another body, 422. \
         Retries of one key are serialised. Keys of security groups and of VMs are apart: a VM's key never replays as a group.")),
     responses((status = 201, body = SecurityGroupBody), (status = 200, description = "A retry: the group the first request created", body = SecurityGroupBody),
-        (status = 400, description = "A malformed Idempotency-Key", body = Problem),
-        (status = 422, description = "A refused name or tags, or a key reused with another body", body = Problem),
+        (status = 400, description = "A malformed Idempotency-Key, or a body that is not the schema's (e.g. no `owner`)", body = Problem),
+        (status = 422, description = "A refused name, owner or tags, or a key reused with another body", body = Problem),
         (status = 401, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_security_group(
@@ -489,13 +554,14 @@ pub async fn create_security_group(
     body: web::Json<NewSecurityGroupBody>,
 ) -> Result<HttpResponse, ApiError> {
     check_name("name", &body.name, 255)?;
+    check_owner(&body.owner)?;
     check_tags(&body.tags)?;
     let key = idempotency(&request, &*body)?;
     let after = faults_before(&state, Operation::CreateSecurityGroup).await?;
     let tags = serde_json::to_value(&body.tags).unwrap_or_default();
     let (group, created) = state
         .store
-        .create_security_group(&body.name, tags, key)
+        .create_security_group(&body.name, &body.owner, tags, key)
         .await?;
     fail_after(after)?;
     let status = if created {
@@ -509,6 +575,22 @@ pub async fn create_security_group(
             format!("/v1/security-groups/{}", group.id),
         ))
         .json(SecurityGroupBody::from(group)))
+}
+
+/// Read a security group: its name, owner, tags and creation time.
+#[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "compute",
+    params(("id" = String, Path, description = "Security group id")),
+    responses((status = 200, body = SecurityGroupBody), (status = 404, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_security_group(
+    _: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<SecurityGroupBody>, ApiError> {
+    let after = faults_before(&state, Operation::GetSecurityGroup).await?;
+    let group = state.store.security_group(&id).await?;
+    fail_after(after)?;
+    Ok(web::Json(group.into()))
 }
 
 /// List the security groups carrying a tag: at most 1000 (the newest), newest first.
@@ -579,10 +661,11 @@ pub async fn add_rule(
     }))
 }
 
-/// Delete a security group; refused (409) while a VM uses it.
+/// Delete a security group; refused (409, type `…/in-use`) while a VM uses it.
 #[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "compute",
     params(("id" = String, Path, description = "Security group id")),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem),
+        (status = 409, description = "A VM still uses the group: problem type `https://plinth.dev/problems/compute/in-use`; the detail names the VMs (up to five)", body = Problem)),
     security(("bearer" = [])))]
 pub async fn delete_security_group(
     _: Authenticated,
@@ -603,7 +686,8 @@ pub async fn delete_security_group(
         Retries of one key are serialised. Keys of VMs and of security groups are apart: a group's key never replays as a VM.")),
     responses((status = 201, body = VmBody), (status = 200, description = "A retry: the VM the first request created", body = VmBody),
         (status = 400, description = "A malformed Idempotency-Key", body = Problem),
-        (status = 409, description = "No address left", body = Problem),
+        (status = 409, description = "No address left in the subnet's IPv4 or IPv6 range or its public pool: problem type `https://plinth.dev/problems/compute/capacity-exhausted`, the detail names the range. \
+            The request was fine; it may succeed once addresses are freed", body = Problem),
         (status = 422, description = "An unknown subnet or group, a refused field, or a key reused with another body", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_vm(
@@ -762,8 +846,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 #[derive(OpenApi)]
 #[openapi(
     info(title = "plinth compute service", description = "The compute contract plinth drives (docs/ARCHITECTURE.md §4 in the plinth repository): subnets, security groups, VMs. \
-        Creating a VM or a security group takes an optional Idempotency-Key; both can be listed by tag (at most 1000, newest first)."),
-    paths(get_subnet, create_security_group, list_security_groups, add_rule, delete_security_group,
+        Creating a VM or a security group takes an optional Idempotency-Key; both can be listed by tag (at most 1000, newest first). \
+        Subnets and security groups have an owner: `shared` or an organization id. \
+        Problems are `about:blank` except two 409s: `…/capacity-exhausted` (no free address) and `…/in-use` (a group a VM uses)."),
+    paths(get_subnet, create_security_group, get_security_group, list_security_groups, add_rule, delete_security_group,
           create_vm, list_vms, get_vm, delete_vm, get_faults, put_faults, delete_faults, healthz, readyz),
     components(schemas(Problem, SubnetBody, NewSecurityGroupBody, SecurityGroupBody, SecurityGroupList,
                        NewRuleBody, RuleBody, NewVmBody, VmBody, VmList, FaultRule, FaultState, Operation)),
@@ -814,6 +900,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/v1/security-groups", web::post().to(create_security_group))
         .route("/v1/security-groups", web::get().to(list_security_groups))
         .route("/v1/security-groups/{id}/rules", web::post().to(add_rule))
+        .route(
+            "/v1/security-groups/{id}",
+            web::get().to(get_security_group),
+        )
         .route(
             "/v1/security-groups/{id}",
             web::delete().to(delete_security_group),

@@ -22,6 +22,8 @@ pub enum Operation {
     AddRule,
     /// `DELETE /v1/security-groups/{id}`
     DeleteSecurityGroup,
+    /// `GET /v1/security-groups/{id}`
+    GetSecurityGroup,
     /// `POST /v1/vms`
     CreateVm,
     /// `GET /v1/vms/{id}`

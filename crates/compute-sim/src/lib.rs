@@ -8,6 +8,18 @@
 //! security group takes an `Idempotency-Key` (a retry gets the same resource), and both can be
 //! listed by tag. Latency and failures can be injected per operation, at start and through
 //! `/admin/faults`.
+//!
+//! Subnets and security groups have an `owner`: `shared` (any organization may use it) or one
+//! organization's id. Subnets take theirs from the configuration (`owner` in `[[subnets]]`,
+//! `shared` when none is named); a group takes the one its creator names. The simulator only
+//! records and reports owners: it serves one caller (plinth, by its service token), which checks
+//! them itself.
+//!
+//! Errors are RFC 9457 problems. Two 409s carry a `type` a client can tell apart (see
+//! [`api::CAPACITY_EXHAUSTED`] and [`api::IN_USE`]): `…/capacity-exhausted` when a subnet or
+//! public pool has no free address left (the request was fine; it may work once addresses are
+//! freed), and `…/in-use` when a security group is still attached to a VM. Every other problem,
+//! injected faults included, has type `about:blank`.
 
 pub mod alloc;
 pub mod api;
@@ -63,7 +75,8 @@ fn default_workers() -> usize {
     2
 }
 
-/// `subnet-local`: 127.10.0.0/24, fd00:10::/64, public pool 127.20.0.0/24 — all loopback.
+/// `subnet-local`: 127.10.0.0/24, fd00:10::/64, public pool 127.20.0.0/24 — all loopback;
+/// shared by every organization.
 pub fn default_subnets() -> Vec<SubnetSeed> {
     vec![SubnetSeed {
         id: "subnet-local".into(),
@@ -73,6 +86,7 @@ pub fn default_subnets() -> Vec<SubnetSeed> {
             64,
         )),
         public_pool: Some(ipnet::Ipv4Net::new_assert([127, 20, 0, 0].into(), 24)),
+        owner: store::SHARED.to_owned(),
     }]
 }
 
@@ -102,6 +116,17 @@ impl SimSettings {
         }
         if self.subnets.iter().any(|s| s.id.is_empty()) {
             return Err("subnets: every subnet needs an id".into());
+        }
+        if let Some(subnet) = self
+            .subnets
+            .iter()
+            .find(|s| !store::is_valid_owner(&s.owner))
+        {
+            return Err(format!(
+                "subnets: the owner of {} ({:?}) must be \"shared\" or an organization id \
+                 (1 to 128 ASCII letters, digits and . _ : -)",
+                subnet.id, subnet.owner
+            ));
         }
         Ok(())
     }
@@ -177,4 +202,72 @@ pub async fn start(settings: SimSettings) -> anyhow::Result<RunningSim> {
         handle,
         server: tokio::spawn(server),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn from_toml(text: &str) -> SimSettings {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .unwrap()
+    }
+
+    const BASE: &str = r#"
+        listen = "127.0.0.1:0"
+        database_url = "postgres://x@127.0.0.1/x"
+        token = "a-long-token"
+    "#;
+
+    #[test]
+    fn a_seeded_subnet_is_shared_unless_it_names_an_owner() {
+        let settings = from_toml(&format!(
+            r#"{BASE}
+            [[subnets]]
+            id = "subnet-a"
+            ipv4_cidr = "10.0.0.0/24"
+
+            [[subnets]]
+            id = "subnet-b"
+            ipv4_cidr = "10.0.1.0/24"
+            owner = "org-b"
+            "#
+        ));
+        settings.validate().unwrap();
+        let owners: Vec<(&str, &str)> = settings
+            .subnets
+            .iter()
+            .map(|s| (s.id.as_str(), s.owner.as_str()))
+            .collect();
+        assert_eq!(owners, [("subnet-a", "shared"), ("subnet-b", "org-b")]);
+        // Without [[subnets]], the default: subnet-local, shared.
+        let settings = from_toml(BASE);
+        assert_eq!(settings.subnets, default_subnets());
+        assert_eq!(settings.subnets[0].owner, "shared");
+    }
+
+    #[test]
+    fn a_malformed_owner_is_refused_naming_the_subnet() {
+        for owner in ["", "org b", "org/b", &"o".repeat(129)] {
+            let mut settings = SimSettings::new("postgres://x@127.0.0.1/x", "a-long-token");
+            settings.subnets[0].owner = owner.to_owned();
+            let why = settings.validate().unwrap_err();
+            assert!(
+                why.contains("owner") && why.contains("subnet-local"),
+                "{owner:?}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_configuration_seeds_subnet_local_as_shared() {
+        let settings = from_toml(include_str!("../../../config/compute-sim.toml"));
+        settings.validate().unwrap();
+        assert_eq!(settings.subnets, default_subnets());
+    }
 }

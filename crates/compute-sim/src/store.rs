@@ -29,6 +29,7 @@ mod schema {
             ipv6_cidr -> Nullable<Cidr>,
             public_pool -> Nullable<Cidr>,
             created_at -> Timestamptz,
+            owner -> Text,
         }
     }
     diesel::table! {
@@ -37,6 +38,7 @@ mod schema {
             name -> Text,
             tags -> Jsonb,
             created_at -> Timestamptz,
+            owner -> Text,
         }
     }
     diesel::table! {
@@ -80,19 +82,32 @@ mod schema {
 
 use schema::{idempotency_keys, security_group_rules, security_groups, subnets, vms};
 
+/// The owner of a resource every organization may use.
+pub const SHARED: &str = "shared";
+
+/// Whether `owner` is a resource owner as the contract writes one: `shared`, or an organization
+/// id as plinth writes them — 1 to 128 ASCII letters, digits, `.`, `_`, `:` and `-`.
+pub fn is_valid_owner(owner: &str) -> bool {
+    (1..=128).contains(&owner.len())
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The resource does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The resource's state forbids the call.
+    /// The resource is still used by another (a security group by a VM).
     #[error("{0}")]
-    Conflict(String),
+    InUse(String),
     /// The request refers to something that does not exist or breaks a rule.
     #[error("{0}")]
     Invalid(String),
-    /// No address is left.
+    /// No address is left (capacity, not the request, is the problem: retrying later, once
+    /// addresses are freed, may work).
     #[error("{0}")]
     Exhausted(String),
     /// The database failed.
@@ -118,6 +133,8 @@ pub struct Subnet {
     pub ipv6_cidr: Option<IpNet>,
     /// Public IPv4 pool.
     pub public_pool: Option<IpNet>,
+    /// Who may use it: `shared` or an organization id.
+    pub owner: String,
 }
 
 /// A subnet to seed from configuration.
@@ -134,6 +151,13 @@ pub struct SubnetSeed {
     /// Public IPv4 pool.
     #[serde(default)]
     pub public_pool: Option<Ipv4Net>,
+    /// Who may use it: `shared` (the default) or an organization id.
+    #[serde(default = "shared")]
+    pub owner: String,
+}
+
+fn shared() -> String {
+    SHARED.to_owned()
 }
 
 /// A security group as stored.
@@ -148,6 +172,8 @@ pub struct SecurityGroup {
     pub tags: Value,
     /// Creation time.
     pub created_at: OffsetDateTime,
+    /// Who may use it: `shared` or an organization id.
+    pub owner: String,
 }
 
 /// A rule as stored.
@@ -303,6 +329,7 @@ impl Store {
                 subnets::ipv4_cidr.eq(IpNet::V4(seed.ipv4_cidr)),
                 subnets::ipv6_cidr.eq(seed.ipv6_cidr.map(IpNet::V6)),
                 subnets::public_pool.eq(seed.public_pool.map(IpNet::V4)),
+                subnets::owner.eq(&seed.owner),
             );
             diesel::insert_into(subnets::table)
                 .values(row)
@@ -336,16 +363,31 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("subnet {id} does not exist")))
     }
 
-    /// Creates a security group without rules. With an idempotency key, a repeat of the same
-    /// request returns the group the first one made (`false`: not created now).
+    /// One security group.
+    pub async fn security_group(&self, id: &str) -> Result<SecurityGroup, StoreError> {
+        let mut conn = self.conn().await?;
+        security_groups::table
+            .find(id)
+            .select(SecurityGroup::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("security group {id} does not exist")))
+    }
+
+    /// Creates a security group without rules, belonging to `owner`. With an idempotency key, a
+    /// repeat of the same request returns the group the first one made (`false`: not created
+    /// now).
     pub async fn create_security_group(
         &self,
         name: &str,
+        owner: &str,
         tags: Value,
         idempotency: Option<Idempotency>,
     ) -> Result<(SecurityGroup, bool), StoreError> {
         let mut conn = self.conn().await?;
         let name = name.to_owned();
+        let owner = owner.to_owned();
         conn.transaction::<_, StoreError, _>(async |c| {
             if let Some(idempotency) = &idempotency
                 && let Some(id) = replayed(c, Kind::SecurityGroup, idempotency).await?
@@ -362,6 +404,7 @@ impl Store {
                     security_groups::id.eq(new_id("sg")),
                     security_groups::name.eq(&name),
                     security_groups::tags.eq(&tags),
+                    security_groups::owner.eq(&owner),
                 ))
                 .returning(SecurityGroup::as_returning())
                 .get_result(c)
@@ -457,7 +500,7 @@ impl Store {
                 .load(c)
                 .await?;
             if !users.is_empty() {
-                return Err(StoreError::Conflict(format!(
+                return Err(StoreError::InUse(format!(
                     "security group {id} is still used by {}",
                     users.join(", ")
                 )));

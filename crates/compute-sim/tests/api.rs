@@ -1,9 +1,11 @@
 //! The compute service over real HTTP on loopback, on a real PostgreSQL: authentication,
 //! problem+json errors, subnets, groups and rules, VMs and their addresses, idempotency of VM and
-//! group creation, listing by tag, fault injection and the OpenAPI document.
+//! group creation, listing by tag, owners of subnets and groups (and the migration that brought
+//! them), the problem types of the two 409s, fault injection and the OpenAPI document.
 
 #![allow(clippy::unwrap_used)]
 
+use plinth_compute_sim::store::SubnetSeed;
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
 use reqwest::{Client, Method, StatusCode};
@@ -19,8 +21,15 @@ struct Sim {
 
 impl Sim {
     async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A sim seeding `subnet-local` and `subnets`.
+    async fn start_with(subnets: Vec<SubnetSeed>) -> Self {
         let db = TestDatabase::create().await;
-        let sim = start(SimSettings::new(db.url(), TOKEN)).await.unwrap();
+        let mut settings = SimSettings::new(db.url(), TOKEN);
+        settings.subnets.extend(subnets);
+        let sim = start(settings).await.unwrap();
         Self {
             _db: db,
             sim,
@@ -105,6 +114,23 @@ impl Sim {
         self.call(Method::POST, "/v1/vms", Some(vm_body(name, groups)))
             .await
     }
+}
+
+fn seed(id: &str, ipv4_cidr: &str, public_pool: Option<&str>, owner: &str) -> SubnetSeed {
+    SubnetSeed {
+        id: id.into(),
+        ipv4_cidr: ipv4_cidr.parse().unwrap(),
+        ipv6_cidr: None,
+        public_pool: public_pool.map(|p| p.parse().unwrap()),
+        owner: owner.into(),
+    }
+}
+
+/// Whether a problem's type is the one its last path segment names.
+fn problem_type_ends_with(problem: &Value, segment: &str) -> bool {
+    problem["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("https://") && t.ends_with(&format!("/{segment}")))
 }
 
 fn vm_body(name: &str, groups: &[&str]) -> Value {
@@ -192,7 +218,7 @@ async fn subnets_groups_and_rules() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         subnet,
-        json!({"id": "subnet-local", "ipv4_cidr": "127.10.0.0/24", "ipv6_cidr": "fd00:10::/64"})
+        json!({"id": "subnet-local", "ipv4_cidr": "127.10.0.0/24", "ipv6_cidr": "fd00:10::/64", "owner": "shared"})
     );
     let (status, _) = sim.call(Method::GET, "/v1/subnets/none", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -201,12 +227,28 @@ async fn subnets_groups_and_rules() {
         .call(
             Method::POST,
             "/v1/security-groups",
-            Some(json!({"name": "cp", "tags": {"k": "v"}})),
+            Some(json!({"name": "cp", "owner": "org-a", "tags": {"k": "v"}})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = group["id"].as_str().unwrap();
     assert_eq!(group["tags"], json!({"k": "v"}));
+    assert_eq!(group["owner"], "org-a");
+    // Read back as it was created.
+    let (status, read) = sim
+        .call(Method::GET, &format!("/v1/security-groups/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(read, group);
+    let (status, missing) = sim
+        .call(Method::GET, "/v1/security-groups/sg-none", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        missing["detail"].as_str().unwrap().contains("sg-none"),
+        "{missing}"
+    );
+    assert_eq!(missing["type"], "about:blank");
     let rules_path = format!("/v1/security-groups/{id}/rules");
     for (rule, expected) in [
         (
@@ -252,13 +294,14 @@ async fn subnets_groups_and_rules() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // In use by a VM: 409 until the VM is gone.
+    // In use by a VM: 409 (type in-use) until the VM is gone.
     let (status, vm) = sim.vm("user", &[id]).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, body) = sim
         .call(Method::DELETE, &format!("/v1/security-groups/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    assert!(problem_type_ends_with(&body, "in-use"), "{body}");
     assert!(
         body["detail"]
             .as_str()
@@ -280,6 +323,10 @@ async fn subnets_groups_and_rules() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = sim
         .call(Method::DELETE, &format!("/v1/security-groups/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = sim
+        .call(Method::GET, &format!("/v1/security-groups/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -364,7 +411,7 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_same_vm() {
 }
 
 fn group_body(name: &str, cluster: &str) -> Value {
-    json!({"name": name, "tags": {"plinth.io/cluster-id": cluster, "plinth.io/role": "control-plane"}})
+    json!({"name": name, "owner": "org-a", "tags": {"plinth.io/cluster-id": cluster, "plinth.io/role": "control-plane"}})
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -559,6 +606,7 @@ async fn vms_and_groups_are_listed_by_tag() {
         .list("security-groups", &[("tag", "plinth.io/cluster-id=b")])
         .await;
     assert_eq!(listing["security_groups"][0]["name"], "b");
+    assert_eq!(listing["security_groups"][0]["owner"], "org-a");
     assert_eq!(
         listing["security_groups"][0]["tags"],
         json!({"plinth.io/cluster-id": "b", "plinth.io/role": "control-plane"})
@@ -806,6 +854,52 @@ async fn the_openapi_document_describes_every_route() {
         );
         assert!(doc["paths"][path]["post"]["responses"]["200"].is_object());
     }
+    assert!(
+        doc["paths"]["/v1/security-groups/{id}"]["get"]["responses"]["200"].is_object(),
+        "GET /v1/security-groups/{{id}} missing"
+    );
+    assert!(doc["paths"]["/v1/security-groups/{id}"]["get"]["responses"]["404"].is_object());
+    // Owners, and which of them a creation needs.
+    let schemas = &doc["components"]["schemas"];
+    for schema in ["SubnetBody", "NewSecurityGroupBody", "SecurityGroupBody"] {
+        let owner = &schemas[schema]["properties"]["owner"];
+        assert!(
+            owner["description"].as_str().unwrap().contains("shared")
+                && owner["pattern"] == "^[A-Za-z0-9._:-]{1,128}$",
+            "{schema}: {owner}"
+        );
+        assert!(
+            schemas[schema]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("owner")),
+            "{schema}"
+        );
+    }
+    // The two 409s say their problem types.
+    let conflict = |path: &str, method: &str| {
+        doc["paths"][path][method]["responses"]["409"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        conflict("/v1/vms", "post").contains("/capacity-exhausted"),
+        "{}",
+        conflict("/v1/vms", "post")
+    );
+    assert!(
+        conflict("/v1/security-groups/{id}", "delete").contains("/in-use"),
+        "{}",
+        conflict("/v1/security-groups/{id}", "delete")
+    );
+    let problem_type = schemas["Problem"]["properties"]["type"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        problem_type.contains("capacity-exhausted") && problem_type.contains("in-use"),
+        "{problem_type}"
+    );
     for schema in ["VmBody", "VmList", "SecurityGroupList"] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
@@ -817,11 +911,336 @@ async fn the_openapi_document_describes_every_route() {
     );
     let operations = doc["components"]["schemas"]["Operation"].to_string();
     assert!(
-        operations.contains("list_vms") && operations.contains("list_security_groups"),
+        operations.contains("list_vms")
+            && operations.contains("list_security_groups")
+            && operations.contains("get_security_group"),
         "{operations}"
     );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+// ---- owners -----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_is_created_for_a_well_formed_owner_only() {
+    let sim = Sim::start().await;
+    let path = "/v1/security-groups";
+    for owner in ["shared", "org-b", "Org.1_x:y-z", &"o".repeat(128)] {
+        let (status, group) = sim
+            .call(
+                Method::POST,
+                path,
+                Some(json!({"name": "g", "owner": owner})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{owner}: {group}");
+        assert_eq!(group["owner"], owner);
+        let (_, read) = sim
+            .call(
+                Method::GET,
+                &format!("{path}/{}", group["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(read["owner"], owner);
+    }
+
+    // No owner: the body is not the schema's (400, as for any other missing field).
+    let (status, problem) = sim
+        .call(Method::POST, path, Some(json!({"name": "g"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("owner"),
+        "{problem}"
+    );
+    // A malformed owner: 422, naming it.
+    let long = "o".repeat(129);
+    for owner in ["", "org b", "org/b", "orgé", long.as_str()] {
+        let (status, problem) = sim
+            .call(
+                Method::POST,
+                path,
+                Some(json!({"name": "g", "owner": owner})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{owner:?}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains("owner"),
+            "{problem}"
+        );
+    }
+    let (status, problem) = sim
+        .call(Method::POST, path, Some(json!({"name": "g", "owner": 7})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+
+    // The owner is part of the request an idempotency key stands for.
+    let body = group_body("cp", "c-owner");
+    let (status, _) = sim.keyed(path, body.clone(), "op-owner").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut other = body;
+    other["owner"] = json!("org-b");
+    let (status, problem) = sim.keyed(path, other, "op-owner").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_org_subnets_are_seeded_with_their_owner_and_reseeded() {
+    let sim = Sim::start_with(vec![seed("subnet-b", "10.251.0.0/24", None, "org-b")]).await;
+    let (status, subnet) = sim.call(Method::GET, "/v1/subnets/subnet-b", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        subnet,
+        json!({"id": "subnet-b", "ipv4_cidr": "10.251.0.0/24", "ipv6_cidr": null, "owner": "org-b"})
+    );
+    let (_, local) = sim
+        .call(Method::GET, "/v1/subnets/subnet-local", None)
+        .await;
+    assert_eq!(local["owner"], "shared");
+
+    // A restart seeds the configured owner over the stored one.
+    let Sim {
+        _db: db,
+        sim: running,
+        client,
+    } = sim;
+    running.stop().await;
+    let mut settings = SimSettings::new(db.url(), TOKEN);
+    settings
+        .subnets
+        .push(seed("subnet-b", "10.251.0.0/24", None, "org-c"));
+    let sim = Sim {
+        _db: db,
+        sim: start(settings).await.unwrap(),
+        client,
+    };
+    let (_, subnet) = sim.call(Method::GET, "/v1/subnets/subnet-b", None).await;
+    assert_eq!(subnet["owner"], "org-c");
+
+    // A malformed owner does not start.
+    let mut settings = SimSettings::new(sim._db.url(), TOKEN);
+    settings
+        .subnets
+        .push(seed("subnet-x", "10.252.0.0/24", None, "org x"));
+    let err = start(settings).await.unwrap_err().to_string();
+    assert!(err.contains("owner") && err.contains("subnet-x"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_migration_gives_existing_rows_a_sensible_owner() {
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncMigrationHarness, RunQueryDsl};
+    use diesel_migrations::MigrationHarness;
+
+    #[derive(diesel::QueryableByName, Debug, PartialEq)]
+    struct Owned {
+        #[diesel(sql_type = Text)]
+        id: String,
+        #[diesel(sql_type = Text)]
+        owner: String,
+    }
+
+    let db = TestDatabase::create_empty().await;
+    let mut harness = AsyncMigrationHarness::new(db.connect().await);
+    // Up to the migration before owners.
+    for _ in 0..3 {
+        harness
+            .run_next_migration(plinth_compute_sim::store::MIGRATIONS)
+            .unwrap();
+    }
+    let mut conn = harness.into_inner();
+    for insert in [
+        "INSERT INTO subnets (id, ipv4_cidr) VALUES ('subnet-old', '10.9.0.0/24')",
+        "INSERT INTO security_groups (id, name, tags) VALUES \
+             ('sg-plinth', 'cluster-c1-control-plane', '{\"plinth.io/org-id\": \"org-a\"}'), \
+             ('sg-hand', 'by-hand', '{\"team\": \"infra\"}'), \
+             ('sg-odd', 'odd-tag', '{\"plinth.io/org-id\": \"not an org\"}')",
+    ] {
+        diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    }
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(plinth_compute_sim::store::MIGRATIONS)
+        .unwrap();
+    assert!(!applied.is_empty());
+    let mut conn = harness.into_inner();
+    let owners =
+        |table: &str| diesel::sql_query(format!("SELECT id, owner FROM {table} ORDER BY id"));
+    let subnets: Vec<Owned> = owners("subnets").load(&mut conn).await.unwrap();
+    assert_eq!(
+        subnets,
+        [Owned {
+            id: "subnet-old".into(),
+            owner: "shared".into()
+        }]
+    );
+    let groups: Vec<Owned> = owners("security_groups").load(&mut conn).await.unwrap();
+    let groups: Vec<(&str, &str)> = groups
+        .iter()
+        .map(|g| (g.id.as_str(), g.owner.as_str()))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("sg-hand", "shared"),
+            ("sg-odd", "shared"),
+            ("sg-plinth", "org-a")
+        ]
+    );
+    // New rows must name their owner, and a well-formed one.
+    for insert in [
+        "INSERT INTO security_groups (id, name) VALUES ('sg-new', 'n')",
+        "INSERT INTO security_groups (id, name, owner) VALUES ('sg-new', 'n', 'org a')",
+        "INSERT INTO subnets (id, ipv4_cidr) VALUES ('subnet-new', '10.8.0.0/24')",
+    ] {
+        assert!(
+            diesel::sql_query(insert).execute(&mut conn).await.is_err(),
+            "{insert}"
+        );
+    }
+}
+
+// ---- telling 409s apart -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_out_of_addresses_is_a_capacity_exhausted_conflict() {
+    let sim = Sim::start_with(vec![
+        // .2 to .6: five VMs.
+        seed("subnet-tiny", "10.250.0.0/29", None, "shared"),
+        // Plenty of private addresses, a public pool of two.
+        seed(
+            "subnet-pool",
+            "10.251.0.0/24",
+            Some("127.30.0.0/30"),
+            "org-b",
+        ),
+    ])
+    .await;
+    let in_subnet = |name: &str, subnet: &str| {
+        let mut body = vm_body(name, &[]);
+        body["subnet_id"] = json!(subnet);
+        body
+    };
+    for i in 0..5 {
+        let (status, vm) = sim
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(in_subnet(&format!("t{i}"), "subnet-tiny")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{vm}");
+    }
+    let (status, problem) = sim
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(in_subnet("t5", "subnet-tiny")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem_type_ends_with(&problem, "capacity-exhausted"),
+        "{problem}"
+    );
+    assert_eq!(
+        problem["detail"],
+        "subnet subnet-tiny (10.250.0.0/29) has no free IPv4 address left"
+    );
+
+    for i in 0..2 {
+        let (status, _) = sim
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(in_subnet(&format!("p{i}"), "subnet-pool")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, problem) = sim
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(in_subnet("p2", "subnet-pool")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem_type_ends_with(&problem, "capacity-exhausted"),
+        "{problem}"
+    );
+    assert_eq!(
+        problem["detail"],
+        "public address pool 127.30.0.0/30 has no free address left"
+    );
+
+    // Other problems keep about:blank, an injected 409 included.
+    let (status, _) = sim
+        .call(
+            Method::PUT,
+            "/admin/faults",
+            Some(json!({"delete_security_group": {"status": 409}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, problem) = sim
+        .call(Method::DELETE, "/v1/security-groups/sg-any", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "about:blank", "{problem}");
+    let (status, problem) = sim.vm("", &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["type"], "about:blank", "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_a_group_takes_faults_like_the_other_operations() {
+    let sim = Sim::start().await;
+    let (_, group) = sim
+        .call(
+            Method::POST,
+            "/v1/security-groups",
+            Some(group_body("cp", "c-faults")),
+        )
+        .await;
+    let path = format!("/v1/security-groups/{}", group["id"].as_str().unwrap());
+    let (status, state) = sim
+        .call(
+            Method::PUT,
+            "/admin/faults",
+            Some(json!({"get_security_group": {"status": 503, "times": 1, "after_calls": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    let (status, _) = sim.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "the first call is spared");
+    let (status, problem) = sim.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["detail"], "injected fault");
+    let (status, read) = sim.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read, group);
+    let (_, state) = sim.call(Method::GET, "/admin/faults", None).await;
+    assert_eq!(
+        (
+            &state["get_security_group"]["calls"],
+            &state["get_security_group"]["failures"]
+        ),
+        (&json!(3), &json!(1))
+    );
+    // Other operations are untouched by its rule.
+    let (status, _) = sim
+        .call(Method::GET, "/v1/subnets/subnet-local", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(state.get("get_subnet").is_none(), "{state}");
 }

@@ -264,6 +264,7 @@ impl Envelope {
                 .map_err(|_| EnvelopeError::Unauthentic)?,
         );
         let text = std::str::from_utf8(&plaintext).map_err(|_| EnvelopeError::NotText)?;
+        crate::counters::key_opened();
         Ok(SecretText::new(text))
     }
 }

@@ -12,6 +12,7 @@
 //! an [`envelope::Envelope`] before they reach a statement; the master keys never touch the
 //! database.
 
+mod counters;
 pub mod envelope;
 mod errors;
 mod operations;
@@ -43,11 +44,12 @@ use plinth_domain::ports::pki::{
     CertifiedKey, ClusterCa, ServiceAccountKeyPair, SharedClientCerts,
 };
 use plinth_domain::ports::repo::{
-    BootstrapMaterial, ClusterDetails, ClusterPage, DnsOutcome, NamedCertificate, PageCursor,
-    PageRequest, Repo, RepoError, VmIdentity,
+    BootstrapMaterial, BootstrapTokenRecord, ClusterDetails, ClusterPage, DnsOutcome,
+    NamedCertificate, PageCursor, PageRequest, Repo, RepoError, VmIdentity,
 };
 use plinth_domain::settings::SettingsError;
 
+pub use counters::{private_keys_opened, queries_sent};
 pub use envelope::{Envelope, EnvelopeError, MasterKeyError, SealedRow, Slot};
 pub use settings::{MasterKeySettings, PgSettings};
 
@@ -112,6 +114,7 @@ impl PgRepo {
             async move {
                 let connecting = async {
                     let mut conn = AsyncPgConnection::establish(&url).await?;
+                    conn.set_instrumentation(counters::CountQueries);
                     // The server enforces the bounds too: a statement, a lock wait or a
                     // transaction left idle cannot outlive them whatever plinth does.
                     conn.batch_execute(&session)
@@ -468,6 +471,52 @@ impl Repo for PgRepo {
             &SealedRow::Cluster(cluster).to_string(),
         )?;
         Ok(Some(CertifiedKey { cert_pem, key_pem }))
+    }
+
+    async fn bootstrap_token(
+        &self,
+        token: &BootstrapTokenHash,
+    ) -> Result<Option<BootstrapTokenRecord>, RepoError> {
+        const DOING: &str = "looking a bootstrap token up";
+        let mut conn = self.connection(DOING).await?;
+        let query = apiservernodes::table
+            .filter(apiservernodes::bootstrap_token_hash.eq(token.as_str()))
+            .select((
+                apiservernodes::cluster_id,
+                apiservernodes::node_name,
+                apiservernodes::bootstrap_token_hash,
+                apiservernodes::bootstrap_token_expires_at,
+                apiservernodes::bootstrap_token_first_used_at,
+            ));
+        type TokenRow = (
+            uuid::Uuid,
+            String,
+            String,
+            time::OffsetDateTime,
+            Option<time::OffsetDateTime>,
+        );
+        let row: Option<TokenRow> =
+            tokio::time::timeout(self.statement_timeout, query.first(&mut *conn))
+                .await
+                .map_err(|_| timed_out(DOING))?
+                .optional()
+                .map_err(|e| query_error(e, DOING))?;
+        row.map(|(cluster, node, hash, expires_at, first_used_at)| {
+            let cluster = ClusterId::from_uuid(cluster);
+            let (_, node) = NodeName::find(cluster, &node).ok_or_else(|| {
+                RepoError::Unexpected(
+                    format!("apiservernodes.node_name {node:?} is no node of {cluster}").into(),
+                )
+            })?;
+            Ok(BootstrapTokenRecord {
+                cluster,
+                node,
+                hash: BootstrapTokenHash::from_stored(hash),
+                expires_at,
+                first_used_at,
+            })
+        })
+        .transpose()
     }
 
     async fn note_bootstrap_fetch(

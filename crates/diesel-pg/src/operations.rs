@@ -19,10 +19,10 @@ use plinth_domain::model::{
 };
 use plinth_domain::ports::operations::{
     DeletionStart, FoundingRows, IdempotentOperation, Lease, NewDeletion, NewFounding,
-    OperationProblem, OperationRecord, Operations, ResourceKind,
+    OperationProblem, OperationRecord, Operations, OrgLimits, ResourceKind,
 };
 use plinth_domain::ports::pki::{ClusterCa, ServiceAccountKeyPair};
-use plinth_domain::ports::repo::{ClusterSecurityGroups, RepoError};
+use plinth_domain::ports::repo::{ClusterSecurityGroups, Quota, RepoError};
 use std::time::Duration;
 
 use diesel::dsl::sql;
@@ -174,6 +174,44 @@ async fn succeed(c: &mut AsyncPgConnection, lease: &Lease) -> Result<(), TxError
         ))
         .execute(c)
         .await?;
+    Ok(())
+}
+
+/// Refuses a founding that would take the organization past its quotas. Foundings of one
+/// organization take turns here (a transaction-scoped advisory lock on the organization), so
+/// two at once cannot both see room for one; the lock goes with the transaction. The new
+/// operation is already inserted: it counts among the running foundings.
+async fn check_quotas(
+    c: &mut AsyncPgConnection,
+    org: &OrgId,
+    limits: OrgLimits,
+) -> Result<(), TxError> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<diesel::sql_types::Text, _>(format!("plinth-org:{org}"))
+        .execute(c)
+        .await?;
+    let refused = |quota, limit| TxError::Refused(RepoError::QuotaExceeded { quota, limit });
+    let clusters: i64 = kubeclusters::table
+        .filter(kubeclusters::org_id.eq(org.as_str()))
+        .count()
+        .get_result(c)
+        .await?;
+    if clusters >= i64::from(limits.max_clusters) {
+        return Err(refused(Quota::Clusters, limits.max_clusters));
+    }
+    let running: i64 = operations::table
+        .filter(operations::org_id.eq(org.as_str()))
+        .filter(operations::kind.eq(OperationKind::Found.as_str()))
+        .filter(operations::state.eq(OperationState::Running.as_str()))
+        .count()
+        .get_result(c)
+        .await?;
+    if running > i64::from(limits.max_foundings_in_flight) {
+        return Err(refused(
+            Quota::FoundingsInFlight,
+            limits.max_foundings_in_flight,
+        ));
+    }
     Ok(())
 }
 
@@ -367,6 +405,7 @@ impl Operations for PgRepo {
             (row, claim.retain_for)
         });
         let lease_for = founding.lease_for;
+        let (org, limits) = (&cluster.org, founding.limits);
         let mut conn = self.connection(DOING).await?;
         let outcome = tokio::time::timeout(
             self.statement_timeout,
@@ -386,6 +425,7 @@ impl Operations for PgRepo {
                 if let Some((key, retain_for)) = claim {
                     claim_key(c, key, retain_for).await?;
                 }
+                check_quotas(c, org, limits).await?;
                 diesel::insert_into(kubeclusters::table)
                     .values(cluster_row)
                     .execute(c)

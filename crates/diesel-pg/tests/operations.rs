@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -25,10 +26,10 @@ use plinth_domain::model::{
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::operations::{
     DeletionStart, IdempotencyClaim, JournalEntry, Lease, NewDeletion, NewFounding,
-    OperationProblem, Operations, ResourceKind,
+    OperationProblem, Operations, OrgLimits, ResourceKind,
 };
 use plinth_domain::ports::repo::{
-    ClusterSecurityGroups, NewClusterRecord, PageRequest, Repo, RepoError,
+    ClusterSecurityGroups, NewClusterRecord, PageRequest, Quota, Repo, RepoError,
 };
 use plinth_domain::testing::{cluster_record, trust_root_of};
 
@@ -736,8 +737,10 @@ async fn replicas_claiming_at_once_take_disjoint_sets() {
     let db = TestDatabase::create().await;
     let repo = repo(&db);
     let mut all = Vec::new();
-    for _ in 0..OPERATIONS {
-        let lease = begin_expired(&repo, &cluster_record("org-a", None, 1, now())).await;
+    for n in 0..OPERATIONS {
+        // An organization each: one org's foundings in flight are bounded by its quota.
+        let org = format!("org-{n}");
+        let lease = begin_expired(&repo, &cluster_record(&org, None, 1, now())).await;
         all.push(lease.operation);
     }
 
@@ -2091,4 +2094,83 @@ async fn a_replica_waits_for_another_replicas_migrations_however_long_they_take(
         .unwrap()
         .unwrap();
     assert_eq!(applied.len(), migrations_in_the_repository().len());
+}
+
+// ---- quotas -------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_organization_at_its_cluster_quota_founds_no_more_and_others_are_unaffected() {
+    let db = TestDatabase::create().await;
+    let repo = repo(&db);
+    let limits = OrgLimits {
+        max_clusters: 2,
+        max_foundings_in_flight: 10,
+    };
+    let with_limits = |record: &NewClusterRecord| NewFounding {
+        limits,
+        ..founding(record)
+    };
+    for _ in 0..2 {
+        let record = cluster_record("org-a", None, 1, now());
+        repo.begin_founding(&with_limits(&record)).await.unwrap();
+    }
+    let mut conn = db.connect().await;
+    let before = snapshot(&mut conn).await;
+    let third = cluster_record("org-a", None, 1, now());
+    match repo.begin_founding(&with_limits(&third)).await {
+        Err(RepoError::QuotaExceeded {
+            quota: Quota::Clusters,
+            limit: 2,
+        }) => {}
+        other => panic!("expected the cluster quota, got {other:?}"),
+    }
+    assert_eq!(
+        snapshot(&mut conn).await,
+        before,
+        "a refused founding wrote something"
+    );
+    let elsewhere = cluster_record("org-b", None, 1, now());
+    repo.begin_founding(&with_limits(&elsewhere)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foundings_at_once_stop_at_the_organizations_limit_even_when_they_race() {
+    let db = TestDatabase::create().await;
+    let repo = Arc::new(repo(&db));
+    let limits = OrgLimits {
+        max_clusters: 100,
+        max_foundings_in_flight: 3,
+    };
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let repo = Arc::clone(&repo);
+            tokio::spawn(async move {
+                let record = cluster_record("org-a", None, 1, now());
+                repo.begin_founding(&NewFounding {
+                    limits,
+                    ..founding(&record)
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => started += 1,
+            Err(RepoError::QuotaExceeded {
+                quota: Quota::FoundingsInFlight,
+                limit: 3,
+            }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(started, 3, "exactly the limit's worth run at once");
+    let mut conn = db.connect().await;
+    let running = texts(
+        &mut conn,
+        "SELECT id::text AS value FROM operations WHERE state = 'running'",
+    )
+    .await;
+    assert_eq!(running.len(), 3, "{running:?}");
 }

@@ -26,7 +26,7 @@ use crate::model::{
     OperationState, OrgId, ReplicaId, SecretText, SecurityGroupChoice, SubnetId,
 };
 use crate::ports::observer::Observer;
-use crate::ports::operations::{OperationProblem, OperationRecord, ResourceKind};
+use crate::ports::operations::{OperationProblem, OperationRecord, OrgLimits, ResourceKind};
 use crate::ports::pki::{
     CertificateFacts, CertifiedKey, ClusterCa, PkiError, ServiceAccountKeyPair,
 };
@@ -50,12 +50,17 @@ pub fn founding_settings() -> FoundingSettings {
         networking: Networking::default(),
         // No test serves bundles at this address: VMs in tests never fetch them from here.
         bootstrap_base_url: BootstrapBaseUrl::parse("https://plinth.test:8443").unwrap(),
+        bootstrap_ca: None,
         bootstrap_token_ttl: Duration::from_secs(24 * 3600),
         vm_address_deadline: Duration::from_secs(30),
         vm_address_poll_interval: Duration::from_millis(100),
         deadline: Duration::from_secs(600),
         max_in_flight: 8,
         admin_lifetime: CredentialsLifetime::from_secs(86_400).unwrap(),
+        limits: OrgLimits {
+            max_clusters: 20,
+            max_foundings_in_flight: 8,
+        },
     }
 }
 
@@ -240,6 +245,8 @@ pub struct Observed {
     pub recovered: Vec<OperationKind>,
     /// `orphan_deleted`: the kind of each orphan the sweep deleted.
     pub orphans: Vec<ResourceKind>,
+    /// `operation_failed`: each failed operation's kind and problem kind.
+    pub failed: Vec<(OperationKind, String)>,
 }
 
 /// An [`Observer`] that remembers every call, for tests that check what the use cases report.
@@ -266,6 +273,10 @@ impl Observer for RecordingObserver {
 
     fn foundings_in_flight(&self, count: usize) {
         self.lock().in_flight.push(count);
+    }
+
+    fn operation_failed(&self, kind: OperationKind, problem: &str) {
+        self.lock().failed.push((kind, problem.to_owned()));
     }
 
     fn operation_recovered(&self, kind: OperationKind) {

@@ -5,15 +5,28 @@
 //! security group creation send the caller's idempotency key (`NewVm::idempotency_key`,
 //! `NewSecurityGroup::idempotency_key`) as the `Idempotency-Key` header, so repeating one —
 //! within this adapter, or by the caller after an unknown outcome — gives back the resource the
-//! first attempt made (201 new, 200 replay). Calls that are safe to repeat — reads, listings by
-//! tag, deletes, and VM and group creation — are retried on transport failures, timeouts, 429
-//! and 5xx, with jittered exponential backoff; rule creation carries no key and is not. Statuses
-//! map to the port's `ComputeError` with the service's own words (404 → `NotFound`, 409 →
-//! `Conflict`, 400/422 → `Rejected`, 401/403 → `Rejected` naming plinth's credentials, 429/5xx →
-//! `Unavailable`); transport failures keep reqwest's error as the cause (`Timeout`,
-//! `Unavailable`, `Unexpected`); an answer that cannot be understood — a missing field, a
-//! `created_at` that is not RFC 3339, a listed resource without the tag asked for — is
-//! `Unexpected`, with what was wrong.
+//! first attempt made (201 new, 200 replay). Calls that are safe to repeat — reads (a subnet, a
+//! security group), listings by tag, deletes, and VM and group creation — are retried on
+//! transport failures, timeouts, 429 and 5xx, with jittered exponential backoff; rule creation
+//! carries no key and is not.
+//!
+//! Subnets and security groups have an owner: a group is created for the caller's organization
+//! (`NewSecurityGroup::owner`, sent as `owner`), and the `owner` the service reports of a subnet
+//! or group (`shared` or an organization id) is read with `ResourceOwner::parse`.
+//!
+//! Statuses map to the port's `ComputeError` with the service's own words:
+//! - 404 → `NotFound`;
+//! - 409 whose problem `type` ends in `/capacity-exhausted` (no free address) →
+//!   `CapacityExhausted`; any other 409 (e.g. type `…/in-use`, a group a VM still uses) →
+//!   `Conflict`;
+//! - 400/422 → `Rejected`;
+//! - 401/403 → `Unauthorized` (the service refused plinth's own credentials);
+//! - 429/5xx → `Unavailable`; any other status → `Unexpected`.
+//!
+//! Transport failures keep reqwest's error as the cause (`Timeout`, `Unavailable`,
+//! `Unexpected`); an answer that cannot be understood — a missing field, an `owner` that is
+//! neither `shared` nor an organization id, a `created_at` that is not RFC 3339, a listed
+//! resource without the tag asked for — is `Unexpected`, with what was wrong.
 //!
 //! Its configuration is the `[compute]` section, [`HttpComputeSettings`].
 
@@ -25,8 +38,8 @@ use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use plinth_domain::model::{InvalidValue, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::compute::{
-    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Subnet,
-    TaggedResource, Tags,
+    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, ResourceOwner, RuleProtocol,
+    SecurityGroup, Subnet, TaggedResource, Tags,
 };
 use plinth_domain::ports::context;
 use plinth_domain::settings::SettingsError;
@@ -78,7 +91,7 @@ pub struct Vm {
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// Userdata.
-    pub user_data: String,
+    pub user_data: plinth_domain::model::SecretText,
 }
 
 /// The `Compute` port over HTTP.
@@ -101,6 +114,7 @@ enum Retry {
 #[derive(Serialize)]
 struct NewSecurityGroupBody<'a> {
     name: &'a str,
+    owner: &'a str,
     tags: &'a BTreeMap<String, String>,
 }
 
@@ -127,6 +141,14 @@ struct SubnetBody {
     id: String,
     ipv4_cidr: String,
     ipv6_cidr: Option<String>,
+    owner: String,
+}
+
+/// What plinth reads of a security group.
+#[derive(Deserialize)]
+struct SecurityGroupBody {
+    id: String,
+    owner: String,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +172,51 @@ struct VmListBody {
 #[derive(Deserialize)]
 struct SecurityGroupListBody {
     security_groups: Vec<TaggedBody>,
+}
+
+/// The owner the service reported; neither `shared` nor an organization id is `Unexpected`.
+fn owner(what: &str, id: &str, raw: &str) -> Result<ResourceOwner, ComputeError> {
+    ResourceOwner::parse(raw).map_err(|e| {
+        ComputeError::Unexpected(context(
+            format!(
+                "{what}: the owner of {id} ({raw:?}) is neither \"shared\" nor an organization id"
+            ),
+            e,
+        ))
+    })
+}
+
+/// A subnet as the service described it.
+fn subnet_from(what: &str, body: SubnetBody) -> Result<Subnet, ComputeError> {
+    let bad = |field: &str, value: &str, e: ipnet::AddrParseError| {
+        ComputeError::Unexpected(context(
+            format!("{what}: {field} {value:?} is not a CIDR"),
+            e,
+        ))
+    };
+    let ipv4_cidr: Ipv4Net = body
+        .ipv4_cidr
+        .parse()
+        .map_err(|e| bad("ipv4_cidr", &body.ipv4_cidr, e))?;
+    let ipv6_cidr: Option<Ipv6Net> = body
+        .ipv6_cidr
+        .as_deref()
+        .map(|v| v.parse().map_err(|e| bad("ipv6_cidr", v, e)))
+        .transpose()?;
+    Ok(Subnet {
+        owner: owner(what, &body.id, &body.owner)?,
+        id: SubnetId::parse(&body.id).map_err(|e| unexpected_id(what, e))?,
+        ipv4_cidr,
+        ipv6_cidr,
+    })
+}
+
+/// A security group as the service described it.
+fn security_group_from(what: &str, body: SecurityGroupBody) -> Result<SecurityGroup, ComputeError> {
+    Ok(SecurityGroup {
+        owner: owner(what, &body.id, &body.owner)?,
+        id: SecurityGroupId::parse(&body.id).map_err(|e| unexpected_id(what, e))?,
+    })
 }
 
 /// `tag=<key>=<value>`, percent-encoded: every byte but the unreserved ones (RFC 3986) is
@@ -281,20 +348,37 @@ fn transport(what: &str, e: TransportError) -> ComputeError {
     }
 }
 
-/// An unsuccessful answer; the texts of `NotFound`, `Conflict` and `Rejected` are the service's
-/// own words (they reach API users).
+/// The last path segment of a problem's `type` that marks a 409 as lack of capacity.
+const CAPACITY_EXHAUSTED: &str = "/capacity-exhausted";
+
+/// The `type` of a problem+json answer, if it has one.
+fn problem_type(answer: &Answer) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    answer.json::<Typed>().ok().and_then(|t| t.kind)
+}
+
+/// An unsuccessful answer; the texts of `NotFound`, `Conflict`, `CapacityExhausted`, `Rejected`
+/// and `Unauthorized` are the service's own words (they reach API users or operators).
 fn failure(what: &str, answer: &Answer) -> ComputeError {
     let message = format!("{what}: {}", answer.message());
     match answer.status {
         StatusCode::NOT_FOUND => ComputeError::NotFound(message),
+        StatusCode::CONFLICT
+            if problem_type(answer).is_some_and(|t| t.ends_with(CAPACITY_EXHAUSTED)) =>
+        {
+            ComputeError::CapacityExhausted(message)
+        }
         StatusCode::CONFLICT => ComputeError::Conflict(message),
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
             ComputeError::Rejected(message)
         }
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ComputeError::Rejected(format!(
-            "{what}: the compute service refused plinth's credentials ({})",
-            answer.status
-        )),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            ComputeError::Unauthorized(format!("{message} ({})", answer.status))
+        }
         status if is_retryable(status) => {
             ComputeError::Unavailable(context(what, format!("{} ({status})", answer.message())))
         }
@@ -339,27 +423,25 @@ impl Compute for HttpCompute {
         if answer.status != StatusCode::OK {
             return Err(failure(WHAT, &answer));
         }
-        let body: SubnetBody = understood(WHAT, &answer)?;
-        let bad = |field: &str, value: &str, e: ipnet::AddrParseError| {
-            ComputeError::Unexpected(context(
-                format!("{WHAT}: {field} {value:?} is not a CIDR"),
-                e,
-            ))
-        };
-        let ipv4_cidr: Ipv4Net = body
-            .ipv4_cidr
-            .parse()
-            .map_err(|e| bad("ipv4_cidr", &body.ipv4_cidr, e))?;
-        let ipv6_cidr: Option<Ipv6Net> = body
-            .ipv6_cidr
-            .as_deref()
-            .map(|v| v.parse().map_err(|e| bad("ipv6_cidr", v, e)))
-            .transpose()?;
-        Ok(Subnet {
-            id: SubnetId::parse(&body.id).map_err(|e| unexpected_id(WHAT, e))?,
-            ipv4_cidr,
-            ipv6_cidr,
-        })
+        subnet_from(WHAT, understood(WHAT, &answer)?)
+    }
+
+    async fn security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup, ComputeError> {
+        const WHAT: &str = "reading a security group";
+        let answer = self
+            .send(
+                WHAT,
+                Method::GET,
+                &format!("/v1/security-groups/{id}"),
+                None::<&()>,
+                None,
+                Retry::Safe,
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(failure(WHAT, &answer));
+        }
+        security_group_from(WHAT, understood(WHAT, &answer)?)
     }
 
     async fn create_security_group(
@@ -369,6 +451,7 @@ impl Compute for HttpCompute {
         const WHAT: &str = "creating a security group";
         let body = NewSecurityGroupBody {
             name: &group.name,
+            owner: group.owner.as_str(),
             tags: &group.tags,
         };
         // The caller's key, the same on every retry: the service makes at most one group.

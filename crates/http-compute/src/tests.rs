@@ -135,12 +135,23 @@ fn statuses_map_to_the_ports_errors_with_the_services_words() {
             "{e}"
         );
     }
-    for status in [401, 403] {
-        let e = failure("creating a VM", &answer(status, "go away"));
-        let ComputeError::Rejected(m) = &e else {
-            panic!("{e}")
+    for (status, reason) in [(401, "401 Unauthorized"), (403, "403 Forbidden")] {
+        let e = failure(
+            "creating a VM",
+            &answer(status, &problem("a valid bearer service token is required")),
+        );
+        let ComputeError::Unauthorized(m) = &e else {
+            panic!("{status}: {e}")
         };
-        assert!(m.contains("refused plinth's credentials"), "{m}");
+        assert_eq!(
+            m,
+            &format!("creating a VM: a valid bearer service token is required ({reason})")
+        );
+        assert!(
+            e.to_string()
+                .starts_with("the compute service refused plinth's credentials: "),
+            "{e}"
+        );
     }
     for status in [429, 500, 503] {
         let e = failure("reading a VM", &answer(status, "busy"));
@@ -156,6 +167,150 @@ fn statuses_map_to_the_ports_errors_with_the_services_words() {
     assert_eq!(
         Chain(&e).to_string(),
         "unexpected compute failure: reading a VM: 302 Found (302 Found)"
+    );
+}
+
+#[test]
+fn a_409_is_capacity_exhausted_only_when_its_problem_type_says_so() {
+    let problem = |kind: &str, detail: &str| {
+        json!({"type": kind, "title": "Conflict", "status": 409, "detail": detail}).to_string()
+    };
+    let exhausted = [
+        "https://plinth.dev/problems/compute/capacity-exhausted",
+        "https://compute.example/errors/capacity-exhausted",
+        "/capacity-exhausted",
+    ];
+    for kind in exhausted {
+        let e = failure(
+            "creating a VM",
+            &answer(
+                409,
+                &problem(kind, "subnet s (10.0.0.0/29) has no free IPv4 address left"),
+            ),
+        );
+        let ComputeError::CapacityExhausted(m) = &e else {
+            panic!("{kind}: {e}")
+        };
+        assert_eq!(
+            m,
+            "creating a VM: subnet s (10.0.0.0/29) has no free IPv4 address left"
+        );
+    }
+    // Any other 409 — in use, untyped, a look-alike type, no body — is a Conflict, with the words.
+    for body in [
+        problem(
+            "https://plinth.dev/problems/compute/in-use",
+            "security group sg-1 is still used by vm-1",
+        ),
+        problem("about:blank", "security group sg-1 is still used by vm-1"),
+        problem(
+            "https://x/capacity-exhausted-soon",
+            "security group sg-1 is still used by vm-1",
+        ),
+        problem(
+            "https://x/capacity-exhausted/not",
+            "security group sg-1 is still used by vm-1",
+        ),
+        json!({"type": 7, "detail": "security group sg-1 is still used by vm-1"}).to_string(),
+        json!({"detail": "security group sg-1 is still used by vm-1"}).to_string(),
+        "security group sg-1 is still used by vm-1".to_owned(),
+    ] {
+        let e = failure("deleting a security group", &answer(409, &body));
+        let ComputeError::Conflict(m) = &e else {
+            panic!("{body}: {e}")
+        };
+        assert_eq!(
+            m, "deleting a security group: security group sg-1 is still used by vm-1",
+            "{body}"
+        );
+    }
+    // The type counts only on a 409.
+    let e = failure(
+        "creating a VM",
+        &answer(
+            422,
+            &problem("https://x/capacity-exhausted", "unknown image"),
+        ),
+    );
+    assert!(matches!(e, ComputeError::Rejected(_)), "{e}");
+}
+
+fn subnet_body(owner: &str) -> SubnetBody {
+    serde_json::from_value(json!({
+        "id": "subnet-b", "ipv4_cidr": "10.0.0.0/24", "ipv6_cidr": null, "owner": owner,
+    }))
+    .unwrap()
+}
+
+fn group_body(owner: &str) -> SecurityGroupBody {
+    serde_json::from_value(json!({
+        "id": "sg-1", "name": "n", "owner": owner, "tags": {}, "created_at": "2026-11-26T12:00:00Z",
+    }))
+    .unwrap()
+}
+
+#[test]
+fn owners_are_read_as_the_ports_resource_owners() {
+    let org_b = ResourceOwner::Org(plinth_domain::model::OrgId::parse("org-b").unwrap());
+    let subnet = subnet_from("reading a subnet", subnet_body("org-b")).unwrap();
+    assert_eq!(subnet.owner, org_b);
+    assert_eq!(subnet.ipv4_cidr.to_string(), "10.0.0.0/24");
+    assert!(subnet.ipv6_cidr.is_none());
+    let subnet = subnet_from("reading a subnet", subnet_body("shared")).unwrap();
+    assert_eq!(subnet.owner, ResourceOwner::Shared);
+
+    let group = security_group_from("reading a security group", group_body("org-b")).unwrap();
+    assert_eq!((group.id.as_str(), &group.owner), ("sg-1", &org_b));
+    let group = security_group_from("reading a security group", group_body("shared")).unwrap();
+    assert_eq!(group.owner, ResourceOwner::Shared);
+}
+
+#[test]
+fn an_owner_plinth_cannot_read_is_unexpected() {
+    for bad in ["", "org b", "org/b"] {
+        let e = subnet_from("reading a subnet", subnet_body(bad)).unwrap_err();
+        assert!(matches!(e, ComputeError::Unexpected(_)), "{bad:?}: {e}");
+        let why = Chain(&e).to_string();
+        assert!(
+            why.starts_with(&format!(
+                "unexpected compute failure: reading a subnet: the owner of subnet-b ({bad:?}) is \
+                 neither \"shared\" nor an organization id: "
+            )),
+            "{why}"
+        );
+        let e = security_group_from("reading a security group", group_body(bad)).unwrap_err();
+        assert!(matches!(e, ComputeError::Unexpected(_)), "{bad:?}: {e}");
+        assert!(
+            Chain(&e).to_string().contains("the owner of sg-1"),
+            "{}",
+            Chain(&e)
+        );
+    }
+    // An answer without an owner is not understood.
+    let Err(e) = understood::<SubnetBody>(
+        "reading a subnet",
+        &answer(200, r#"{"id": "subnet-b", "ipv4_cidr": "10.0.0.0/24"}"#),
+    ) else {
+        panic!("a subnet without an owner must not be understood")
+    };
+    assert!(
+        Chain(&e).to_string().contains("missing field `owner`"),
+        "{}",
+        Chain(&e)
+    );
+}
+
+#[test]
+fn a_group_is_sent_with_its_owner() {
+    let tags = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+    let body = NewSecurityGroupBody {
+        name: "cp",
+        owner: "org-a",
+        tags: &tags,
+    };
+    assert_eq!(
+        serde_json::to_value(&body).unwrap(),
+        json!({"name": "cp", "owner": "org-a", "tags": {"k": "v"}})
     );
 }
 
@@ -274,4 +429,29 @@ fn an_unparsable_listing_is_unexpected_with_what_was_wrong() {
         "{}",
         Chain(&e)
     );
+}
+
+#[cfg(feature = "test-support")]
+#[test]
+fn a_vm_read_back_does_not_debug_its_userdata() {
+    // The userdata is the node's shim: it carries the node's bootstrap token.
+    let vm: Vm = serde_json::from_value(json!({
+        "id": "vm-1",
+        "name": "cp-1",
+        "status": "active",
+        "ipv4": "10.0.0.5",
+        "ipv6": null,
+        "public_ipv4": null,
+        "flavor": "m1",
+        "image": "debian",
+        "subnet_id": "subnet-1",
+        "security_group_ids": [],
+        "tags": {},
+        "user_data": "#!/bin/sh\nPLINTH_BOOTSTRAP_TOKEN=s3cr3t-t0k3n\n",
+    }))
+    .unwrap();
+    assert!(vm.user_data.expose().contains("s3cr3t-t0k3n"));
+    let debug = format!("{vm:?}");
+    assert!(!debug.contains("s3cr3t-t0k3n"), "{debug}");
+    assert!(debug.contains("redacted"), "{debug}");
 }

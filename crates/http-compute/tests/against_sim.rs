@@ -1,7 +1,8 @@
 //! The `Compute` adapter against the real compute service over HTTP on loopback (on a real
 //! PostgreSQL): every call, every injected fault as the right error within its bounds, retries
 //! and repeats with the caller's idempotency key that never create a second VM or group, listing
-//! a founding's resources by tag, and address allocation under concurrency and exhaustion.
+//! a founding's resources by tag, owners of subnets and groups, address allocation under
+//! concurrency and exhaustion, and credentials the service refuses.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,10 +15,11 @@ use plinth_compute_sim::store::SubnetSeed;
 use plinth_compute_sim::{RunningSim, SimSettings, start};
 use plinth_diesel_pg::testing::TestDatabase;
 use plinth_domain::found_cluster::tags;
-use plinth_domain::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
+use plinth_domain::model::{FlavorId, ImageId, OrgId, SecretText, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::compute::{
-    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, TaggedResource,
+    Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, ResourceOwner, RuleProtocol,
+    TaggedResource,
 };
 use plinth_http_compute::{HttpCompute, HttpComputeSettings};
 use serde_json::{Value, json};
@@ -37,7 +39,23 @@ fn tiny_subnet() -> SubnetSeed {
         ipv4_cidr: "10.250.0.0/29".parse().unwrap(),
         ipv6_cidr: None,
         public_pool: None,
+        owner: "shared".into(),
     }
+}
+
+/// A subnet only org-b may use.
+fn org_b_subnet() -> SubnetSeed {
+    SubnetSeed {
+        id: "subnet-org-b".into(),
+        ipv4_cidr: "10.251.0.0/24".parse().unwrap(),
+        ipv6_cidr: Some("fd00:251::/64".parse().unwrap()),
+        public_pool: None,
+        owner: "org-b".into(),
+    }
+}
+
+fn org(id: &str) -> OrgId {
+    OrgId::parse(id).unwrap()
 }
 
 impl Fixture {
@@ -49,6 +67,7 @@ impl Fixture {
         let db = TestDatabase::create().await;
         let mut settings = SimSettings::new(db.url(), TOKEN);
         settings.subnets.push(tiny_subnet());
+        settings.subnets.push(org_b_subnet());
         let sim = start(settings).await.unwrap();
         let mut client = HttpComputeSettings::new(&sim.base_url(), SecretText::new(TOKEN));
         client.request_timeout_ms = 2000;
@@ -138,6 +157,7 @@ fn group(name: &str) -> NewSecurityGroup {
     tags.insert("plinth.io/cluster-id".to_owned(), "c1".to_owned());
     NewSecurityGroup {
         name: name.to_owned(),
+        owner: org("org-a"),
         tags,
         idempotency_key: fresh_key("security-group"),
     }
@@ -155,6 +175,16 @@ async fn subnet_lookup() {
         .unwrap();
     assert_eq!(subnet.ipv4_cidr.to_string(), "127.10.0.0/24");
     assert_eq!(subnet.ipv6_cidr.unwrap().to_string(), "fd00:10::/64");
+    assert_eq!(subnet.owner, ResourceOwner::Shared);
+    let subnet = f
+        .compute
+        .subnet(&SubnetId::parse("subnet-org-b").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(subnet.id.as_str(), "subnet-org-b");
+    assert_eq!(subnet.ipv4_cidr.to_string(), "10.251.0.0/24");
+    assert_eq!(subnet.owner, ResourceOwner::Org(org("org-b")));
+    assert!(subnet.owner.admits(&org("org-b")) && !subnet.owner.admits(&org("org-a")));
     let err = f
         .compute
         .subnet(&SubnetId::parse("subnet-none").unwrap())
@@ -209,6 +239,67 @@ async fn groups_and_rules_are_created_and_a_group_in_use_is_a_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_group_belongs_to_the_org_it_is_created_for() {
+    let f = Fixture::start().await;
+    let for_a = f
+        .compute
+        .create_security_group(&group("for-a"))
+        .await
+        .unwrap();
+    let for_b = f
+        .compute
+        .create_security_group(&NewSecurityGroup {
+            owner: org("org-b"),
+            ..group("for-b")
+        })
+        .await
+        .unwrap();
+    let read = f.compute.security_group(&for_a).await.unwrap();
+    assert_eq!(read.id, for_a);
+    assert_eq!(read.owner, ResourceOwner::Org(org("org-a")));
+    assert_eq!(
+        f.compute.security_group(&for_b).await.unwrap().owner,
+        ResourceOwner::Org(org("org-b"))
+    );
+    // What the service stored is what plinth asked for.
+    let stored: Value = reqwest::Client::new()
+        .get(format!("{}/v1/security-groups/{for_b}", f.sim.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["owner"], "org-b");
+
+    let missing = SecurityGroupId::parse("sg-missing").unwrap();
+    let err = f.compute.security_group(&missing).await.unwrap_err();
+    assert!(matches!(err, ComputeError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains("sg-missing"), "{err}");
+
+    // A safe read: retried on 5xx like reading a subnet.
+    f.faults(json!({"get_security_group": {"status": 503, "times": 2}}))
+        .await;
+    assert_eq!(
+        f.compute.security_group(&for_a).await.unwrap().owner,
+        ResourceOwner::Org(org("org-a"))
+    );
+    f.faults(json!({"get_security_group": {"status": 502}}))
+        .await;
+    let err = f.compute.security_group(&for_a).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err}");
+    assert!(
+        Chain(&err)
+            .to_string()
+            .starts_with("compute service unavailable: reading a security group: "),
+        "{}",
+        Chain(&err)
+    );
+    assert_eq!(f.fault_state().await["get_security_group"]["calls"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_vm_is_created_read_and_deleted() {
     let f = Fixture::start().await;
     let id = f
@@ -222,7 +313,7 @@ async fn a_vm_is_created_read_and_deleted() {
     assert_eq!(vm.ipv4.as_deref(), Some("127.10.0.2"));
     assert_eq!(vm.ipv6.as_deref(), Some("fd00:10::2"));
     assert_eq!(vm.public_ipv4.as_deref(), Some("127.20.0.1"));
-    assert_eq!(vm.user_data, "#!/bin/sh\ntrue\n");
+    assert_eq!(vm.user_data.expose(), "#!/bin/sh\ntrue\n");
     assert_eq!(vm.tags["plinth.io/role"], "control-plane");
     f.compute.delete_vm(&id).await.unwrap();
     let err = f.compute.get_vm(&id).await.unwrap_err();
@@ -391,10 +482,33 @@ async fn wrong_credentials_and_a_dead_service_are_reported_as_such() {
         .subnet(&SubnetId::parse("subnet-local").unwrap())
         .await
         .unwrap_err();
-    let ComputeError::Rejected(message) = &err else {
+    let ComputeError::Unauthorized(message) = &err else {
         panic!("{err}")
     };
-    assert!(message.contains("credentials"), "{message}");
+    assert_eq!(
+        message,
+        "reading a subnet: a valid bearer service token is required (401 Unauthorized)"
+    );
+    let err = f
+        .compute
+        .security_group(&SecurityGroupId::parse("sg-any").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Unauthorized(_)), "{err}");
+    let err = f
+        .compute
+        .create_security_group(&group("refused"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Unauthorized(_)), "{err}");
+    let err = f
+        .compute
+        .create_vm(&new_vm("refused", "subnet-local"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ComputeError::Unauthorized(_)), "{err}");
+    assert_eq!(f.group_rows_named("refused").await, 0);
+    assert_eq!(f.vm_rows_named("refused").await, 0);
 
     let base = f.sim.base_url();
     f.sim.stop().await;
@@ -537,6 +651,7 @@ async fn found(
     let group = compute
         .create_security_group(&NewSecurityGroup {
             name: format!("cluster-{cluster}-control-plane"),
+            owner: org("org-a"),
             tags: founding_tags(operation, cluster, None),
             idempotency_key: format!("{operation}/security-group"),
         })
@@ -702,7 +817,7 @@ async fn an_exhausted_subnet_is_a_clear_conflict_and_freed_addresses_are_reused(
         .create_vm(&new_vm("t5", "subnet-tiny"))
         .await
         .unwrap_err();
-    let ComputeError::Conflict(message) = &err else {
+    let ComputeError::CapacityExhausted(message) = &err else {
         panic!("{err}")
     };
     assert!(

@@ -70,7 +70,7 @@ async fn founding_five_nodes_creates_the_vms_concurrently_on_the_real_compute_se
             founded.cluster_id.to_string()
         );
         assert_eq!(vm.tags["plinth.io/ordinal"], node.ordinal.to_string());
-        assert!(vm.user_data.contains(&format!(
+        assert!(vm.user_data.expose().contains(&format!(
             "/bootstrap/{}/nodes/{}",
             founded.cluster_id, node.name
         )));

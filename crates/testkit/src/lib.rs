@@ -126,7 +126,8 @@ mod timed {
     use async_trait::async_trait;
     use plinth_domain::model::{SecurityGroupId, SubnetId, VmId};
     use plinth_domain::ports::compute::{
-        Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, Subnet, TaggedResource,
+        Compute, ComputeError, IngressRule, NewSecurityGroup, NewVm, SecurityGroup, Subnet,
+        TaggedResource,
     };
 
     use super::TimedCompute;
@@ -135,6 +136,12 @@ mod timed {
     impl<C: Compute> Compute for TimedCompute<C> {
         async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError> {
             self.inner.subnet(id).await
+        }
+        async fn security_group(
+            &self,
+            id: &SecurityGroupId,
+        ) -> Result<SecurityGroup, ComputeError> {
+            self.inner.security_group(id).await
         }
         async fn create_security_group(
             &self,

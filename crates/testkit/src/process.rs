@@ -10,9 +10,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A TCP port free on 127.0.0.1 right now (the OS picks it; it may be taken again before the
-/// test binds it, which is rare enough for tests).
+/// A TCP port free on 127.0.0.1 right now, drawn at random below the kernel's ephemeral range
+/// (32768 and up on Linux): a port the OS hands out for `bind(0)` is also what it gives the next
+/// outgoing connection, which can take it before the test binds it. It may still be taken again
+/// before the test binds it (another test drawing the same port), which is rare enough for tests.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    for _ in 0..200 {
+        // RandomState's keys are random per process and differ for every instance.
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = u16::try_from(LOW + draw % SPAN).unwrap_or(20_000);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()

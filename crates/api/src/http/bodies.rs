@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use super::secret::SecretField;
 use crate::problem::{ApiError, Problem};
 
 /// In-cluster networking.
@@ -93,7 +94,8 @@ pub struct FoundedClusterBody {
     pub control_plane_dns_name: String,
     /// kubeconfig YAML of a `system:masters` user for the shared name on port 6443. Keep it
     /// secret: it holds a private key.
-    pub admin_kubeconfig: String,
+    #[schema(value_type = String)]
+    pub admin_kubeconfig: SecretField,
     /// In-cluster networking.
     pub networking: NetworkingBody,
     /// The nodes.
@@ -118,7 +120,7 @@ impl From<FoundedCluster> for FoundedClusterBody {
             name: f.name.map(|n| n.to_string()),
             vm_ids: f.vm_ids.iter().map(ToString::to_string).collect(),
             control_plane_dns_name: f.control_plane_dns_name,
-            admin_kubeconfig: f.admin_kubeconfig.expose().to_owned(),
+            admin_kubeconfig: f.admin_kubeconfig.into(),
             networking: (&f.networking).into(),
             nodes: f.nodes.iter().map(NodeBody::from).collect(),
             bootstrap_path_template: f.bootstrap_path_template,
@@ -317,7 +319,8 @@ impl From<&OperationRecord> for OperationBody {
 pub struct CredentialsBody {
     /// kubeconfig YAML of a `system:masters` user named after the caller. Keep it secret: it
     /// holds a private key.
-    pub kubeconfig: String,
+    #[schema(value_type = String)]
+    pub kubeconfig: SecretField,
     /// When its client certificate expires (its `notAfter`), RFC 3339.
     pub expires_at: String,
 }
@@ -326,11 +329,13 @@ pub struct CredentialsBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReissuedTokenBody {
     /// The token (shown once; plinth keeps only its hash).
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: SecretField,
     /// When it stops working (sooner once a bundle was fetched with it), RFC 3339.
     pub expires_at: String,
     /// The node's userdata shim with the new token, for a VM rebuilt.
-    pub user_data: String,
+    #[schema(value_type = String)]
+    pub user_data: SecretField,
 }
 
 /// One certificate's expiry.

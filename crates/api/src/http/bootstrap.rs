@@ -8,6 +8,7 @@ use plinth_domain::bootstrap::{Bundle, FetchBundleError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::secret::SecretField;
 use super::{AppState, archive};
 use crate::metrics::metrics;
 use crate::problem::{ApiError, Problem};
@@ -19,8 +20,9 @@ pub struct BundleFileBody {
     pub path: String,
     /// Octal mode, e.g. `0600`.
     pub mode: String,
-    /// The contents.
-    pub content: String,
+    /// The contents (keys among them).
+    #[schema(value_type = String)]
+    pub content: SecretField,
 }
 
 /// A node's bundle, in its JSON form.
@@ -44,7 +46,7 @@ fn bundle_json(bundle: &Bundle) -> BundleBody {
             .map(|f| BundleFileBody {
                 path: f.path.clone(),
                 mode: format!("{:04o}", f.mode),
-                content: f.contents.expose().to_owned(),
+                content: (&f.contents).into(),
             })
             .collect(),
     }
@@ -74,6 +76,7 @@ fn wants_json(req: &HttpRequest) -> bool {
         (status = 200, description = "The bundle: application/gzip (a tar), or JSON", body = BundleBody,
          headers(("X-Bundle-Sha256" = String, description = "SHA-256 of the gzip body, hex"))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many refused fetches from this address (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("node_token" = [])))]
 pub async fn fetch_bundle(
@@ -82,6 +85,16 @@ pub async fn fetch_bundle(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (cluster, node) = path.into_inner();
+    let client = req.peer_addr().map(|a| a.ip());
+    if let Some(wait) = client.and_then(|ip| state.bootstrap_failures.wait(ip)) {
+        metrics().bootstrap_fetch("limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-refusals",
+            "too many refused bootstrap fetches from this address; try again later",
+        )
+        .retry_after(wait.as_secs().max(1)));
+    }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -95,9 +108,17 @@ pub async fn fetch_bundle(
         Err(FetchBundleError::Burned) => "burned",
         Err(_) => "error",
     };
-    // Every fetch is logged and counted; the token never is logged.
-    tracing::info!(cluster = %cluster, node = %node, outcome, "bootstrap bundle fetch");
+    // Every fetch is logged and counted; the token never is logged, and the path's values are
+    // logged escaped: they come from anyone.
+    tracing::info!(cluster = ?cluster, node = ?node, outcome, "bootstrap bundle fetch");
     metrics().bootstrap_fetch(outcome);
+    if matches!(
+        result,
+        Err(FetchBundleError::Unauthorized | FetchBundleError::Burned)
+    ) && let Some(ip) = client
+    {
+        state.bootstrap_failures.refused(ip);
+    }
     let bundle = result?;
     if wants_json(&req) {
         return Ok(HttpResponse::Ok()

@@ -10,6 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::bodies::{CredentialsBody, rfc3339};
+use super::secret::SecretField;
 use super::{AppState, read_json_body};
 use crate::auth::Caller;
 use crate::problem::{ApiError, FieldError, Problem};
@@ -62,7 +63,7 @@ pub async fn issue_credentials(
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(CredentialsBody {
-            kubeconfig: issued.kubeconfig.expose().to_owned(),
+            kubeconfig: SecretField::from(issued.kubeconfig),
             expires_at: rfc3339(issued.expires_at),
         }))
 }

@@ -20,10 +20,24 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
-/// Prometheus metrics, in the Prometheus text format.
+/// Prometheus metrics, in the Prometheus text format (404 here when `server.metrics_listen`
+/// serves them on an address of their own).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, content_type = "text/plain; version=0.0.4")))]
-pub async fn prometheus() -> HttpResponse {
+    responses((status = 200, content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Served on `server.metrics_listen` instead", body = Problem, content_type = "application/problem+json")))]
+pub async fn prometheus(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.metrics_here {
+        return Err(ApiError::not_found("no such route"));
+    }
+    Ok(exposition())
+}
+
+/// The metrics, for the metrics listener.
+pub async fn metrics_only() -> HttpResponse {
+    exposition()
+}
+
+fn exposition() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
         .body(metrics().render())

@@ -95,8 +95,8 @@ pub async fn reissue_bootstrap_token(
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(ReissuedTokenBody {
-            token: issued.token.expose().to_owned(),
+            token: issued.token.into(),
             expires_at: rfc3339(issued.expires_at),
-            user_data: issued.user_data.expose().to_owned(),
+            user_data: issued.user_data.into(),
         }))
 }

@@ -9,11 +9,13 @@ mod clusters;
 mod create_body;
 mod credentials;
 mod cursor;
-mod health;
+pub mod failures;
+pub mod health;
 mod idempotency;
 mod lifecycle;
 pub mod openapi;
 mod operations;
+pub mod secret;
 
 use std::sync::Arc;
 
@@ -50,6 +52,10 @@ pub struct AppState {
     pub tokens: ReissueToken,
     /// Certificate expiry reports.
     pub expiries: CertificateExpiries,
+    /// Refused bootstrap fetches per client address.
+    pub bootstrap_failures: failures::FailureLimiter,
+    /// Whether `/metrics` is served on this listener (not when it has one of its own).
+    pub metrics_here: bool,
     /// The bootstrap bundle use case.
     pub bundles: FetchBundle,
     /// Cluster truth, for the reads and readiness.
@@ -85,16 +91,43 @@ pub fn app(
         .configure(routes)
 }
 
+/// The bootstrap route alone (`GET /bootstrap/{cluster_id}/nodes/{node_name}`) over `state`, as
+/// served to VMs on `server.bootstrap_listen`; every other path is a 404 problem. Requests are
+/// observed, refusals limited and fetches counted as on the main listener: the state is shared.
+pub fn bootstrap_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap(middleware::from_fn(telemetry::observe))
+        .app_data(path_config())
+        .route(
+            "/bootstrap/{cluster_id}/nodes/{node_name}",
+            web::get().to(bootstrap::fetch_bundle),
+        )
+        .default_service(web::to(no_such_route))
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|e, _| ApiError::malformed(format!("invalid path: {e}")).into())
+}
+
 fn routes(config: &mut web::ServiceConfig) {
     config
         .app_data(
             web::QueryConfig::default()
                 .error_handler(|e, _| ApiError::malformed(format!("invalid query: {e}")).into()),
         )
-        .app_data(
-            web::PathConfig::default()
-                .error_handler(|e, _| ApiError::malformed(format!("invalid path: {e}")).into()),
-        )
+        .app_data(path_config())
         .service(
             web::resource("/clusters")
                 .route(web::post().to(clusters::create_cluster))

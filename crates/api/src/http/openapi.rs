@@ -153,6 +153,11 @@ mod tests {
             &too_long_id,
             "a/b",
             "a b",
+            ".",
+            "..",
+            "...",
+            ".a",
+            "..a",
         ] {
             assert_eq!(
                 name.is_match(sample),

@@ -3,8 +3,10 @@
 //! sees only the domain's ports and use cases.
 
 pub mod settings;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +28,8 @@ use plinth_http_dns::PowerDns;
 use plinth_x509_pki::X509Pki;
 
 use crate::auth::Authenticator;
-use crate::http::{AppState, app};
+use crate::http::failures::FailureLimiter;
+use crate::http::{AppState, app, bootstrap_app};
 use crate::metrics::Metrics;
 use crate::telemetry;
 use settings::Config;
@@ -40,6 +43,12 @@ pub struct Running {
     foundings: Foundings,
     shutdown_timeout: Duration,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The `/metrics` listener, when it has its own address.
+    metrics: Option<actix_web::dev::ServerHandle>,
+    /// Whether `addr` serves HTTPS.
+    tls: bool,
+    /// The bootstrap route's own HTTPS listener, when configured: its address and handle.
+    bootstrap: Option<(SocketAddr, actix_web::dev::ServerHandle)>,
 }
 
 impl Running {
@@ -48,9 +57,15 @@ impl Running {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://<addr>` when it serves TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The address of the bootstrap route's own HTTPS listener, when there is one.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Stops accepting, lets in-flight requests and foundings finish, and waits.
@@ -74,6 +89,12 @@ impl Running {
     }
 
     async fn finish(self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.stop(true).await;
+        }
+        if let Some((_, bootstrap)) = &self.bootstrap {
+            bootstrap.stop(true).await;
+        }
         let left = self.foundings.drain(self.shutdown_timeout).await;
         if left > 0 {
             tracing::warn!(
@@ -149,8 +170,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     );
     let pki = Arc::new(X509Pki::new(config.pki.clone()).context("setting up the PKI")?);
     let dns = dns(config).await?;
-    let authenticator =
-        Authenticator::new(config.auth.clone()).context("loading the token verification keys")?;
+    let authenticator = Authenticator::start(config.auth.clone())
+        .await
+        .context("loading the token verification keys")?;
     let leasing = Leasing {
         owner: ReplicaId::for_this_process(),
         lease: config.recovery.lease,
@@ -170,6 +192,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     let tokens = ReissueToken::new(
         repo.clone(),
         config.founding.bootstrap_base_url.clone(),
+        config.founding.bootstrap_ca.clone(),
         config.founding.bootstrap_token_ttl,
     );
     let expiries = CertificateExpiries::new(repo.clone(), ports.pki.clone());
@@ -202,6 +225,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
             deletions,
             tokens,
             expiries,
+            bootstrap_failures: FailureLimiter::new(
+                NonZeroU32::new(config.server.bootstrap_refusals_per_minute)
+                    .unwrap_or(NonZeroU32::MIN),
+                NonZeroU32::new(config.server.bootstrap_refusal_burst).unwrap_or(NonZeroU32::MIN),
+            ),
+            metrics_here: config.metrics_listen.is_none(),
             bundles,
             operations: repo.clone(),
             repo,
@@ -283,19 +312,65 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (state, authenticator) = (built.state, built.authenticator);
     let state = web::Data::new(state);
     let authenticator = web::Data::new(authenticator);
+    let bootstrap_state = state.clone();
     let server = HttpServer::new(move || app(state.clone(), authenticator.clone()))
         .workers(config.server.workers)
-        .shutdown_timeout(config.shutdown_timeout().as_secs())
-        .bind(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
+        .shutdown_timeout(config.shutdown_timeout().as_secs());
+    let server = match &config.tls {
+        None => server.bind(config.listen),
+        Some(tls) => server.bind_rustls_0_23(config.listen, tls.server_config()),
+    }
+    .with_context(|| format!("binding {}", config.listen))?;
     let addr = server
         .addrs()
         .first()
         .copied()
         .context("the server bound no address")?;
+    // Bound before anything serves, so a taken address stops start-up with nothing running.
+    let bootstrap = match &config.bootstrap_listen {
+        None => None,
+        Some(listener) => {
+            // The bootstrap route alone, on the same state: one refusal limiter, one metrics.
+            let server = HttpServer::new(move || bootstrap_app(bootstrap_state.clone()))
+                .workers(config.server.workers)
+                .shutdown_timeout(config.shutdown_timeout().as_secs())
+                .bind_rustls_0_23(listener.listen, listener.tls.server_config())
+                .with_context(|| format!("binding server.bootstrap_listen {}", listener.listen))?;
+            let bound = server
+                .addrs()
+                .first()
+                .copied()
+                .context("the bootstrap listener bound no address")?;
+            Some((bound, server))
+        }
+    };
     let server = server.run();
     let handle = server.handle();
-    tracing::info!(address = %addr, "plinth listening");
+    tracing::info!(address = %addr, tls = config.tls.is_some(), "plinth listening");
+    let bootstrap = bootstrap.map(|(bound, server)| {
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        tracing::info!(address = %bound, "bootstrap bundles served over HTTPS");
+        (bound, handle)
+    });
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(listen) => {
+            let server = HttpServer::new(|| {
+                actix_web::App::new()
+                    .route("/metrics", web::get().to(crate::http::health::metrics_only))
+            })
+            .workers(1)
+            .bind(listen)
+            .with_context(|| format!("binding server.metrics_listen {listen}"))?
+            .run();
+            let handle = server.handle();
+            tokio::spawn(server);
+            tracing::info!(address = %listen, "metrics listening");
+            Some(handle)
+        }
+    };
     Ok(Running {
         addr,
         handle,
@@ -303,5 +378,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         foundings,
         shutdown_timeout: config.shutdown_timeout(),
         background,
+        metrics,
+        tls: config.tls.is_some(),
+        bootstrap,
     })
 }

@@ -6,14 +6,14 @@
 //! them. A bad value stops start-up with the key and the reason.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plinth_diesel_pg::{MasterKeySettings, PgSettings};
 use plinth_domain::bootstrap::BundleSettings;
 use plinth_domain::credentials::{CredentialsLifetime, CredentialsSection};
 use plinth_domain::found_cluster::{
-    FoundingSection, FoundingSettings, IdempotencySection, IdempotencySettings,
+    FoundingSection, FoundingSettings, IdempotencySection, IdempotencySettings, LimitsSection,
 };
 use plinth_domain::recovery::{RecoverySection, RecoverySettings};
 use plinth_domain::settings::SettingsError;
@@ -22,6 +22,7 @@ use plinth_http_dns::PowerDnsSettings;
 use plinth_x509_pki::PkiSettings;
 use serde::Deserialize;
 
+use super::tls::TlsIdentity;
 use crate::auth::AuthSettings;
 use crate::telemetry::LogFormat;
 
@@ -35,6 +36,39 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How long in-flight requests may run after SIGTERM, seconds.
     pub shutdown_timeout_secs: u64,
+    /// Refused bootstrap fetches allowed per client address and minute.
+    pub bootstrap_refusals_per_minute: u32,
+    /// How many of those may come at once.
+    pub bootstrap_refusal_burst: u32,
+    /// `address:port` serving `/metrics` alone (and no longer on `listen`); none: on `listen`.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// PEM certificate chain of `listen`; with `tls_key_file`, `listen` serves HTTPS.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// `address:port` serving the bootstrap route alone, always over HTTPS; none: no such
+    /// listener.
+    #[serde(default)]
+    pub bootstrap_listen: Option<String>,
+    /// PEM certificate chain of `bootstrap_listen`.
+    #[serde(default)]
+    pub bootstrap_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `bootstrap_tls_cert_file`.
+    #[serde(default)]
+    pub bootstrap_tls_key_file: Option<PathBuf>,
+}
+
+/// The listener VMs fetch their bundles from (`server.bootstrap_listen`): HTTPS, the bootstrap
+/// route only.
+#[derive(Debug, Clone)]
+pub struct BootstrapListener {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Its certificate and key.
+    pub tls: TlsIdentity,
 }
 
 /// `[log]`.
@@ -96,6 +130,7 @@ struct Sections {
     recovery: RecoverySection,
     idempotency: IdempotencySection,
     credentials: CredentialsSection,
+    limits: LimitsSection,
 }
 
 /// The checked configuration.
@@ -103,6 +138,12 @@ struct Sections {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where `/metrics` is served on its own, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `listen`'s certificate and key when it serves HTTPS; none: plain HTTP.
+    pub tls: Option<TlsIdentity>,
+    /// The bootstrap route's own HTTPS listener, if any.
+    pub bootstrap_listen: Option<BootstrapListener>,
     /// `[server]` as configured.
     pub server: ServerSettings,
     /// `[log]`.
@@ -202,6 +243,92 @@ fn keyed(e: config::ConfigError) -> SettingsError {
     }
 }
 
+/// A path key, `None` when absent or empty (an environment variable can only empty a key).
+fn given(file: Option<&PathBuf>) -> Option<&Path> {
+    file.map(PathBuf::as_path)
+        .filter(|f| !f.as_os_str().is_empty())
+}
+
+/// A certificate and key given together, or neither; `None` when neither.
+fn tls_pair(
+    (cert_key, cert): (&str, Option<&PathBuf>),
+    (key_key, key): (&str, Option<&PathBuf>),
+) -> Result<Option<TlsIdentity>, SettingsError> {
+    match (given(cert), given(key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => TlsIdentity::load((cert_key, cert), (key_key, key)).map(Some),
+        (Some(_), None) => Err(SettingsError::new(
+            key_key,
+            format!("{cert_key} is set: set {key_key} too (its private key), or neither"),
+        )),
+        (None, Some(_)) => Err(SettingsError::new(
+            cert_key,
+            format!("{key_key} is set: set {cert_key} too (its certificate), or neither"),
+        )),
+    }
+}
+
+/// An optional `address:port` key; empty counts as not given.
+fn address(key: &str, value: Option<&str>) -> Result<Option<SocketAddr>, SettingsError> {
+    value
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e| SettingsError::new(key, format!("{a:?} is not an address:port ({e})")))
+        })
+        .transpose()
+}
+
+/// `server.bootstrap_listen` and its certificate, which it cannot do without.
+fn bootstrap_listener(
+    server: &ServerSettings,
+    listen: SocketAddr,
+) -> Result<Option<BootstrapListener>, SettingsError> {
+    const CERT: &str = "server.bootstrap_tls_cert_file";
+    const KEY: &str = "server.bootstrap_tls_key_file";
+    let (cert, key) = (
+        server.bootstrap_tls_cert_file.as_ref(),
+        server.bootstrap_tls_key_file.as_ref(),
+    );
+    let Some(bootstrap) = address(
+        "server.bootstrap_listen",
+        server.bootstrap_listen.as_deref(),
+    )?
+    else {
+        if let Some((name, _)) = [(CERT, cert), (KEY, key)]
+            .into_iter()
+            .find(|(_, file)| given(*file).is_some())
+        {
+            return Err(SettingsError::new(
+                "server.bootstrap_listen",
+                format!("{name} is set but bootstrap_listen is not: set it, or neither"),
+            ));
+        }
+        return Ok(None);
+    };
+    if bootstrap == listen {
+        return Err(SettingsError::new(
+            "server.bootstrap_listen",
+            format!("{bootstrap} is server.listen: give the bootstrap listener its own address"),
+        ));
+    }
+    for (name, file) in [(CERT, cert), (KEY, key)] {
+        if given(file).is_none() {
+            return Err(SettingsError::new(
+                name,
+                "server.bootstrap_listen always serves HTTPS: set bootstrap_tls_cert_file and \
+                 bootstrap_tls_key_file",
+            ));
+        }
+    }
+    let tls = tls_pair((CERT, cert), (KEY, key))?
+        .ok_or_else(|| SettingsError::new(CERT, "server.bootstrap_listen always serves HTTPS"))?;
+    Ok(Some(BootstrapListener {
+        listen: bootstrap,
+        tls,
+    }))
+}
+
 fn check(s: Sections) -> Result<Config, SettingsError> {
     let listen = s.server.listen.parse().map_err(|e| {
         SettingsError::new(
@@ -209,8 +336,28 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
             format!("{:?} is not an address:port ({e})", s.server.listen),
         )
     })?;
+    let metrics_listen = address("server.metrics_listen", s.server.metrics_listen.as_deref())?;
+    let tls = tls_pair(
+        ("server.tls_cert_file", s.server.tls_cert_file.as_ref()),
+        ("server.tls_key_file", s.server.tls_key_file.as_ref()),
+    )?;
+    let bootstrap_listen = bootstrap_listener(&s.server, listen)?;
     if s.server.workers == 0 {
         return Err(SettingsError::new("server.workers", "must be at least 1"));
+    }
+    for (key, value) in [
+        (
+            "server.bootstrap_refusals_per_minute",
+            s.server.bootstrap_refusals_per_minute,
+        ),
+        (
+            "server.bootstrap_refusal_burst",
+            s.server.bootstrap_refusal_burst,
+        ),
+    ] {
+        if value == 0 {
+            return Err(SettingsError::new(key, "must be at least 1"));
+        }
     }
     s.database.check().map_err(|e| e.within("database"))?;
     s.master_keys
@@ -223,9 +370,10 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         .credentials
         .default_lifetime()
         .map_err(|e| e.within("credentials"))?;
+    let limits = s.limits.limits().map_err(|e| e.within("limits"))?;
     let founding = s
         .founding
-        .settings(credentials_lifetime)
+        .settings(credentials_lifetime, limits)
         .map_err(|e| e.within("founding"))?;
     if s.dns.mode == DnsMode::Powerdns {
         let powerdns = s.dns.powerdns.as_ref().ok_or_else(|| {
@@ -244,6 +392,9 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         .map_err(|e| e.within("idempotency"))?;
     Ok(Config {
         listen,
+        metrics_listen,
+        tls,
+        bootstrap_listen,
         server: s.server,
         log: s.log,
         database: s.database,

@@ -1,4 +1,7 @@
-//! Bearer-token refusals: all 401 with `WWW-Authenticate: Bearer`, before any port is touched.
+//! Bearer-token refusals: all 401 with `WWW-Authenticate: Bearer`, before any port is touched;
+//! and the verification keys: JWKS from a URL (a loopback server here) and a file, refreshed on a
+//! schedule and for unknown key ids (rate-limited), keeping the last good keys when a refresh
+//! fails; a JWK's `use`, `key_ops` and `alg` honoured; a cap on the tokens' lifetime.
 
 use std::time::Duration;
 
@@ -54,7 +57,7 @@ async fn an_expired_token_is_401() {
 #[actix_web::test]
 async fn a_token_without_an_organization_is_401() {
     let orgless = token_claims(&serde_json::json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "someone", "exp": now() + 60
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "someone", "iat": now(), "exp": now() + 60
     }));
     assert!(
         refused(Some(format!("Bearer {orgless}")))
@@ -108,5 +111,687 @@ async fn alg_none_and_hs256_are_refused() {
         let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
         let forged = format!("Bearer {header}.{claims}.");
         refused(Some(forged)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_token_living_longer_than_the_maximum_is_401() {
+    // The test app's maximum is the default, one day.
+    let long = token_claims(&serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "org_id": "org-a", "iat": now(), "exp": now() + 86_401
+    }));
+    assert!(
+        refused(Some(format!("Bearer {long}")))
+            .await
+            .contains("lifetime")
+    );
+    let without_iat = token_claims(&serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "org_id": "org-a", "exp": now() + 60
+    }));
+    assert!(
+        refused(Some(format!("Bearer {without_iat}")))
+            .await
+            .contains("no iat claim")
+    );
+    // An iat in the future would stretch any lifetime from now.
+    let later = token_claims(&serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "org_id": "org-a", "iat": now() + 3600, "exp": now() + 7200
+    }));
+    assert!(
+        refused(Some(format!("Bearer {later}")))
+            .await
+            .contains("iat is in the future")
+    );
+}
+
+mod keys {
+    use std::io::{Read as _, Write as _};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p256::elliptic_curve::Generate as _;
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+    use plinth_api::auth::{AuthSettings, Authenticator};
+    use serde_json::{Value, json};
+
+    use super::now;
+    use crate::support::{AUDIENCE, ISSUER, auth_settings};
+
+    /// A P-256 key of the test's identity provider.
+    struct IdpKey {
+        kid: &'static str,
+        private_pem: String,
+        x: String,
+        y: String,
+    }
+
+    impl IdpKey {
+        fn new(kid: &'static str) -> Self {
+            let key = p256::ecdsa::SigningKey::generate_from_rng(&mut rand::rng());
+            let point = key.verifying_key().to_sec1_point(false);
+            let bytes = point.as_bytes();
+            Self {
+                kid,
+                private_pem: key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                x: URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+                y: URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+            }
+        }
+
+        /// Its JWK, with `use: sig` and `alg: ES256`, then `extra`'s members over those.
+        fn jwk_with(&self, extra: &Value) -> Value {
+            let mut jwk = json!({
+                "kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+                "x": self.x, "y": self.y,
+            });
+            for (name, value) in extra.as_object().unwrap() {
+                if value.is_null() {
+                    jwk.as_object_mut().unwrap().remove(name);
+                } else {
+                    jwk[name] = value.clone();
+                }
+            }
+            jwk
+        }
+
+        fn jwk(&self) -> Value {
+            self.jwk_with(&json!({}))
+        }
+
+        /// A valid token of `org-a` signed by this key, naming it by `kid`.
+        fn token(&self) -> String {
+            self.sign(Some(self.kid), &claims(600))
+        }
+
+        fn sign(&self, kid: Option<&str>, claims: &Value) -> String {
+            plinth_api::jwt_crypto::install();
+            let key = jsonwebtoken::EncodingKey::from_ec_pem(self.private_pem.as_bytes()).unwrap();
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, claims, &key).unwrap()
+        }
+    }
+
+    fn claims(lifetime: u64) -> Value {
+        let now = now();
+        json!({"iss": ISSUER, "aud": AUDIENCE, "org_id": "org-a", "iat": now, "exp": now + lifetime})
+    }
+
+    fn jwks(keys: &[Value]) -> Value {
+        json!({ "keys": keys })
+    }
+
+    /// What the loopback JWKS server answers.
+    #[derive(Debug, Clone)]
+    enum Serve {
+        Json(Value),
+        Status(u16),
+        Body(String),
+        Redirect(String),
+    }
+
+    /// A JWKS URL: an HTTP/1.1 server on 127.0.0.1, one thread, one request per connection; it
+    /// stops when dropped.
+    struct JwksServer {
+        addr: SocketAddr,
+        serve: Arc<Mutex<Serve>>,
+        hits: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl JwksServer {
+        fn start(serve: Serve) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serve = Arc::new(Mutex::new(serve));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = std::thread::spawn({
+                let (serve, hits, stop) = (serve.clone(), hits.clone(), stop.clone());
+                move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Ok(mut stream) = stream else { continue };
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let serve = serve.lock().unwrap().clone();
+                        answer(&mut stream, &serve);
+                    }
+                }
+            });
+            Self {
+                addr,
+                serve,
+                hits,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}/.well-known/jwks.json", self.addr)
+        }
+
+        fn set(&self, serve: Serve) {
+            *self.serve.lock().unwrap() = serve;
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+
+        /// Waits until `more` further requests came (each refresh is one).
+        async fn await_hits(&self, more: usize) {
+            let target = self.hits() + more;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.hits() < target {
+                assert!(Instant::now() < deadline, "no refresh within 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    impl Drop for JwksServer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.addr);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn answer(stream: &mut TcpStream, serve: &Serve) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let (status, extra, body) = match serve {
+            Serve::Json(value) => ("200 OK".to_owned(), String::new(), value.to_string()),
+            Serve::Status(code) => (format!("{code} Failing"), String::new(), "{}".into()),
+            Serve::Body(body) => ("200 OK".to_owned(), String::new(), body.clone()),
+            Serve::Redirect(to) => (
+                "302 Found".to_owned(),
+                format!("Location: {to}\r\n"),
+                String::new(),
+            ),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n{extra}\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body.as_bytes());
+    }
+
+    /// The test app's settings without its PEM key: only the JWKS sources count.
+    fn settings(url: Option<String>, file: Option<PathBuf>) -> AuthSettings {
+        AuthSettings {
+            public_key_files: Vec::new(),
+            jwks_url: url,
+            jwks_file: file,
+            jwks_refresh_secs: 1,
+            jwks_min_refresh_interval_secs: 1,
+            ..auth_settings()
+        }
+    }
+
+    fn scratch_file(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "plinth-api-jwks-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    /// Replaces `file` at once (a refresh never reads half of it).
+    fn replace(file: &PathBuf, text: &str) {
+        let next = file.with_extension("next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(next, file).unwrap();
+    }
+
+    async fn accepted(authenticator: &Authenticator, token: &str) {
+        let caller = authenticator.verify(token).await;
+        assert_eq!(caller.unwrap().org.as_str(), "org-a");
+    }
+
+    async fn refused(authenticator: &Authenticator, token: &str, why: &str) {
+        let reason = authenticator.verify(token).await.unwrap_err();
+        assert!(reason.contains(why), "{reason}");
+    }
+
+    /// Waits (at most 10 s) until `token` is accepted.
+    async fn eventually_accepted(authenticator: &Authenticator, token: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            match authenticator.verify(token).await {
+                Ok(_) => return start.elapsed(),
+                Err(reason) => assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "still refused after 10 s: {reason}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_jwks_url_is_picked_up_and_the_removed_key_refused() {
+        let (old, new) = (IdpKey::new("2024-old"), IdpKey::new("2025-new"));
+        let server = JwksServer::start(Serve::Json(jwks(&[old.jwk()])));
+        // Only the schedule refreshes here, not unknown kids.
+        let authenticator = Authenticator::load(AuthSettings {
+            jwks_min_refresh_interval_secs: 3600,
+            ..settings(Some(server.url()), None)
+        })
+        .await
+        .unwrap();
+        let refresh = authenticator.spawn_refresh();
+        accepted(&authenticator, &old.token()).await;
+
+        // Rotation, first stage: both keys published.
+        server.set(Serve::Json(jwks(&[old.jwk(), new.jwk()])));
+        let took = eventually_accepted(&authenticator, &new.token()).await;
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        accepted(&authenticator, &old.token()).await;
+
+        // Second stage: the old key withdrawn.
+        server.set(Serve::Json(jwks(&[new.jwk()])));
+        server.await_hits(2).await;
+        refused(&authenticator, &old.token(), "no configured key").await;
+        // Without a kid, the old key's token is tried against the keys there are.
+        refused(
+            &authenticator,
+            &old.sign(None, &claims(600)),
+            "signature does not verify",
+        )
+        .await;
+        accepted(&authenticator, &new.token()).await;
+        refresh.abort();
+    }
+
+    #[tokio::test]
+    async fn a_rotated_jwks_file_is_picked_up_without_a_restart() {
+        let (old, new) = (IdpKey::new("file-1"), IdpKey::new("file-2"));
+        let file = scratch_file("jwks.json");
+        replace(&file, &jwks(&[old.jwk()]).to_string());
+        // Only the schedule refreshes here, not unknown kids.
+        let authenticator = Authenticator::new(AuthSettings {
+            jwks_min_refresh_interval_secs: 3600,
+            ..settings(None, Some(file.clone()))
+        })
+        .unwrap();
+        let refresh = authenticator.spawn_refresh();
+        accepted(&authenticator, &old.token()).await;
+
+        replace(&file, &jwks(&[new.jwk()]).to_string());
+        let took = eventually_accepted(&authenticator, &new.token()).await;
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        refused(&authenticator, &old.token(), "no configured key").await;
+
+        // A file that cannot be read as a JWKS, or holds no usable key, keeps the last keys.
+        replace(&file, "{not json");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        accepted(&authenticator, &new.token()).await;
+        replace(
+            &file,
+            &jwks(&[new.jwk_with(&json!({"use": "enc"}))]).to_string(),
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        accepted(&authenticator, &new.token()).await;
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        accepted(&authenticator, &new.token()).await;
+        refresh.abort();
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_key_not_meant_for_signatures_is_never_used() {
+        let (signing, enc, ops) = (IdpKey::new("sig"), IdpKey::new("enc"), IdpKey::new("ops"));
+        let server = JwksServer::start(Serve::Json(jwks(&[
+            signing.jwk(),
+            enc.jwk_with(&json!({"use": "enc", "alg": null})),
+            ops.jwk_with(&json!({"use": null, "key_ops": ["encrypt"]})),
+        ])));
+        let authenticator = Authenticator::load(settings(Some(server.url()), None))
+            .await
+            .unwrap();
+        accepted(&authenticator, &signing.token()).await;
+        for key in [&enc, &ops] {
+            refused(&authenticator, &key.token(), "no configured key").await;
+            // Without a kid it is tried only against the signing key.
+            refused(
+                &authenticator,
+                &key.sign(None, &claims(600)),
+                "signature does not verify",
+            )
+            .await;
+        }
+        // The same keys, meant for signatures, are used.
+        server.set(Serve::Json(jwks(&[
+            enc.jwk_with(&json!({"use": "sig"})),
+            ops.jwk_with(&json!({"use": null, "key_ops": ["verify"]})),
+        ])));
+        let again = Authenticator::load(settings(Some(server.url()), None))
+            .await
+            .unwrap();
+        accepted(&again, &enc.token()).await;
+        accepted(&again, &ops.token()).await;
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_alg_is_not_the_token_s_is_never_used() {
+        let (es256, es384, rs256, absent) = (
+            IdpKey::new("es256"),
+            IdpKey::new("es384"),
+            IdpKey::new("rs256"),
+            IdpKey::new("absent"),
+        );
+        let server = JwksServer::start(Serve::Json(jwks(&[
+            es256.jwk(),
+            es384.jwk_with(&json!({"alg": "ES384"})),
+            rs256.jwk_with(&json!({"alg": "RS256"})),
+            absent.jwk_with(&json!({"alg": null})),
+        ])));
+        let authenticator = Authenticator::load(settings(Some(server.url()), None))
+            .await
+            .unwrap();
+        accepted(&authenticator, &es256.token()).await;
+        accepted(&authenticator, &absent.token()).await;
+        for key in [&es384, &rs256] {
+            refused(&authenticator, &key.token(), "no configured key").await;
+            refused(
+                &authenticator,
+                &key.sign(None, &claims(600)),
+                "signature does not verify",
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
+        let (first, second, third) = (IdpKey::new("k1"), IdpKey::new("k2"), IdpKey::new("k3"));
+        let server = JwksServer::start(Serve::Json(jwks(&[first.jwk()])));
+        // No scheduled refresh: only unknown kids refresh here.
+        let authenticator = Authenticator::load(AuthSettings {
+            jwks_refresh_secs: 3600,
+            jwks_min_refresh_interval_secs: 2,
+            ..settings(Some(server.url()), None)
+        })
+        .await
+        .unwrap();
+        let loaded = Instant::now();
+        assert_eq!(server.hits(), 1);
+
+        // Too soon after the start: no fetch.
+        server.set(Serve::Json(jwks(&[first.jwk(), second.jwk()])));
+        refused(&authenticator, &second.token(), "no configured key").await;
+        assert_eq!(server.hits(), 1);
+
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(loaded.elapsed())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The unknown kid fetches the keys, and is accepted at once.
+        accepted(&authenticator, &second.token()).await;
+        assert_eq!(server.hits(), 2);
+        let refreshed = Instant::now();
+        // Known kids fetch nothing.
+        accepted(&authenticator, &first.token()).await;
+        accepted(&authenticator, &second.token()).await;
+        assert_eq!(server.hits(), 2);
+
+        // A burst of unknown kids within the interval: no further fetch.
+        let unknown: Vec<String> = (0..20)
+            .map(|i| third.sign(Some(&format!("bogus-{i}")), &claims(600)))
+            .collect();
+        let answers =
+            futures::future::join_all(unknown.iter().map(|t| authenticator.verify(t))).await;
+        assert!(answers.iter().all(Result::is_err));
+        assert_eq!(server.hits(), 2);
+        assert!(refreshed.elapsed() < Duration::from_secs(2));
+
+        // After the interval, one more.
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(refreshed.elapsed())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answers =
+            futures::future::join_all(unknown.iter().map(|t| authenticator.verify(t))).await;
+        assert!(answers.iter().all(Result::is_err));
+        assert_eq!(server.hits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failing_jwks_url_keeps_the_last_good_keys() {
+        let (good, next) = (IdpKey::new("good"), IdpKey::new("next"));
+        let server = JwksServer::start(Serve::Json(jwks(&[good.jwk()])));
+        let elsewhere = JwksServer::start(Serve::Json(jwks(&[next.jwk()])));
+        let authenticator = Authenticator::load(settings(Some(server.url()), None))
+            .await
+            .unwrap();
+        let refresh = authenticator.spawn_refresh();
+        let too_large = format!(
+            r#"{{"keys": [], "padding": "{}"}}"#,
+            "x".repeat(1024 * 1024 + 1)
+        );
+        for failure in [
+            Serve::Status(500),
+            Serve::Status(404),
+            Serve::Body("{not json".into()),
+            Serve::Body(r#"{"no": "keys"}"#.into()),
+            Serve::Json(jwks(&[])),
+            Serve::Json(jwks(&[good.jwk_with(&json!({"use": "enc"}))])),
+            Serve::Body(too_large),
+            // Redirects are not followed.
+            Serve::Redirect(elsewhere.url()),
+        ] {
+            server.set(failure.clone());
+            server.await_hits(2).await;
+            accepted(&authenticator, &good.token()).await;
+            refused(&authenticator, &next.token(), "no configured key").await;
+        }
+        assert_eq!(elsewhere.hits(), 0);
+        // The refresh still works once the URL serves keys again...
+        server.set(Serve::Json(jwks(&[good.jwk(), next.jwk()])));
+        eventually_accepted(&authenticator, &next.token()).await;
+        // ...and with the server gone altogether, the keys stay.
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        accepted(&authenticator, &good.token()).await;
+        accepted(&authenticator, &next.token()).await;
+        refresh.abort();
+    }
+
+    #[tokio::test]
+    async fn start_up_fails_naming_the_jwks_url_it_cannot_use() {
+        let closed = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let server = JwksServer::start(Serve::Status(503));
+        let garbage = JwksServer::start(Serve::Body("<html>".into()));
+        let keyless = JwksServer::start(Serve::Json(jwks(&[
+            IdpKey::new("enc").jwk_with(&json!({"use": "enc"}))
+        ])));
+        for (url, why) in [
+            (format!("http://{closed}/jwks"), "cannot fetch"),
+            (server.url(), "503"),
+            (garbage.url(), "did not serve a usable JWKS"),
+            (keyless.url(), "no usable key"),
+        ] {
+            let error = Authenticator::load(settings(Some(url), None))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("auth.jwks_url: "), "{error}");
+            assert!(error.contains(why), "{error}");
+        }
+        // `new` reads files only; it does not quietly ignore a URL.
+        let error = Authenticator::new(settings(Some(server.url()), None)).unwrap_err();
+        assert!(error.to_string().contains("auth.jwks_url"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_refresh_ends_when_the_authenticator_is_dropped() {
+        let key = IdpKey::new("k");
+        let server = JwksServer::start(Serve::Json(jwks(&[key.jwk()])));
+        let authenticator = Authenticator::load(settings(Some(server.url()), None))
+            .await
+            .unwrap();
+        let refresh = authenticator.spawn_refresh();
+        server.await_hits(1).await;
+        drop(authenticator);
+        tokio::time::timeout(Duration::from_secs(3), refresh)
+            .await
+            .expect("the refresh task outlived its authenticator")
+            .unwrap();
+        // Nothing to refresh: the task ends at once.
+        let pem_only = Authenticator::new(auth_settings()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), pem_only.spawn_refresh())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_token_lifetime_is_capped() {
+        let key = IdpKey::new("k");
+        let server = JwksServer::start(Serve::Json(jwks(&[key.jwk()])));
+        let authenticator = Authenticator::load(AuthSettings {
+            max_token_lifetime_secs: 600,
+            ..settings(Some(server.url()), None)
+        })
+        .await
+        .unwrap();
+        accepted(&authenticator, &key.sign(Some("k"), &claims(600))).await;
+        refused(
+            &authenticator,
+            &key.sign(Some("k"), &claims(601)),
+            "lifetime (exp - iat) is longer than the 600 seconds",
+        )
+        .await;
+        let mut without_iat = claims(60);
+        without_iat.as_object_mut().unwrap().remove("iat");
+        refused(
+            &authenticator,
+            &key.sign(Some("k"), &without_iat),
+            "no iat claim",
+        )
+        .await;
+        let mut issued_later = claims(60);
+        issued_later["iat"] = json!(now() + 300);
+        issued_later["exp"] = json!(now() + 600);
+        refused(
+            &authenticator,
+            &key.sign(Some("k"), &issued_later),
+            "iat is in the future",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_dev_keys_jwks_verifies_its_tokens_and_no_other_keys() {
+        use plinth_domain::model::{OrgId, SecretText};
+        let dev = IdpKey::new("unused");
+        let signing_key = SecretText::new(dev.private_pem.clone());
+        let jwks = plinth_api::auth::dev_jwks(&signing_key).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], plinth_api::auth::DEV_KEY_ID);
+        assert_eq!(jwks["keys"][0]["use"], "sig");
+        assert_eq!(jwks["keys"][0]["x"], dev.x.as_str());
+        assert_eq!(jwks["keys"][0]["y"], dev.y.as_str());
+        let file = scratch_file("dev-jwks.json");
+        std::fs::write(&file, jwks.to_string()).unwrap();
+        let authenticator = Authenticator::start(settings(None, Some(file)))
+            .await
+            .unwrap();
+        let org = OrgId::parse("org-a").unwrap();
+        let minted = |key: &SecretText| {
+            plinth_api::auth::mint_token(key, ISSUER, AUDIENCE, &org, Duration::from_secs(600))
+                .unwrap()
+        };
+        accepted(&authenticator, &minted(&signing_key)).await;
+        let other = SecretText::new(IdpKey::new("other").private_pem);
+        refused(&authenticator, &minted(&other), "signature").await;
+    }
+
+    #[test]
+    fn the_new_settings_are_checked_naming_their_key() {
+        let base = auth_settings();
+        assert!(base.check().is_ok());
+        let cases: Vec<(AuthSettings, &str)> = vec![
+            (
+                AuthSettings {
+                    max_token_lifetime_secs: 0,
+                    ..base.clone()
+                },
+                "max_token_lifetime_secs",
+            ),
+            (
+                AuthSettings {
+                    jwks_refresh_secs: 0,
+                    ..base.clone()
+                },
+                "jwks_refresh_secs",
+            ),
+            (
+                AuthSettings {
+                    jwks_refresh_secs: 86_401,
+                    ..base.clone()
+                },
+                "jwks_refresh_secs",
+            ),
+            (
+                AuthSettings {
+                    jwks_min_refresh_interval_secs: 0,
+                    ..base.clone()
+                },
+                "jwks_min_refresh_interval_secs",
+            ),
+            (
+                AuthSettings {
+                    jwks_url: Some("ftp://idp.example.com/jwks".into()),
+                    ..base.clone()
+                },
+                "jwks_url",
+            ),
+            (
+                AuthSettings {
+                    jwks_url: Some("/jwks.json".into()),
+                    ..base.clone()
+                },
+                "jwks_url",
+            ),
+            (
+                AuthSettings {
+                    jwks_url: Some("https://user:secret@idp.example.com/jwks".into()),
+                    ..base.clone()
+                },
+                "jwks_url",
+            ),
+        ];
+        for (settings, key) in cases {
+            let error = settings.check().unwrap_err();
+            assert_eq!(error.key, key, "{}", error.reason);
+        }
+        let https = AuthSettings {
+            jwks_url: Some("https://idp.example.com/.well-known/jwks.json".into()),
+            ..base
+        };
+        assert!(https.check().is_ok());
     }
 }

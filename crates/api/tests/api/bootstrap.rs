@@ -9,7 +9,9 @@ use plinth_domain::model::{
     BootstrapToken, ClusterDnsNames, ClusterId, NodeAddresses, NodeName, NodeOrdinal, VmId,
 };
 use plinth_domain::ports::pki::SharedClientCerts;
-use plinth_domain::ports::repo::{BootstrapMaterial, NodePlacement, RepoError};
+use plinth_domain::ports::repo::{
+    BootstrapMaterial, BootstrapTokenRecord, NodePlacement, RepoError,
+};
 use plinth_domain::testing::{cluster_ca_with, pem_certified, service_account};
 use sha2::Digest as _;
 use time::OffsetDateTime;
@@ -54,6 +56,21 @@ fn material(cluster: ClusterId, token: &BootstrapToken) -> BootstrapMaterial {
 fn serving(cluster: ClusterId, token: &BootstrapToken) -> Doubles {
     let mut doubles = Doubles::new();
     let material = material(cluster, token);
+    let stored = material.clone();
+    doubles
+        .repo
+        .expect_bootstrap_token()
+        .returning(move |hash| {
+            Ok(
+                (hash == &stored.bootstrap_token_hash).then(|| BootstrapTokenRecord {
+                    cluster: stored.cluster_id,
+                    node: stored.node.name.clone(),
+                    hash: stored.bootstrap_token_hash.clone(),
+                    expires_at: stored.bootstrap_token_expires_at,
+                    first_used_at: None,
+                }),
+            )
+        });
     doubles
         .repo
         .expect_bootstrap_material()
@@ -121,8 +138,8 @@ async fn an_unavailable_database_is_503() {
     let mut doubles = Doubles::new();
     doubles
         .repo
-        .expect_bootstrap_material()
-        .returning(|_, _| Err(RepoError::Unavailable("refused".into())));
+        .expect_bootstrap_token()
+        .returning(|_| Err(RepoError::Unavailable("refused".into())));
     let answer = send(&doubles.state(), fetch(ClusterId::new_random(), 1, "token")).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.problem(), "database-unavailable");
@@ -130,12 +147,25 @@ async fn an_unavailable_database_is_503() {
 
 #[actix_web::test]
 async fn rows_that_cannot_be_read_are_500_not_503() {
+    let cluster = ClusterId::new_random();
+    let token = BootstrapToken::generate();
     let mut doubles = Doubles::new();
+    let node = NodeName::new(cluster, NodeOrdinal::new(1).unwrap());
+    let hash = token.hash();
+    doubles.repo.expect_bootstrap_token().returning(move |_| {
+        Ok(Some(BootstrapTokenRecord {
+            cluster,
+            node: node.clone(),
+            hash: hash.clone(),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+            first_used_at: None,
+        }))
+    });
     doubles
         .repo
         .expect_bootstrap_material()
         .returning(|_, _| Err(RepoError::Unexpected("a sealed key does not open".into())));
-    let answer = send(&doubles.state(), fetch(ClusterId::new_random(), 1, "token")).await;
+    let answer = send(&doubles.state(), fetch(cluster, 1, token.expose())).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(answer.problem(), "internal");
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use plinth_domain::found_cluster::{FoundingSettings, Submitted};
 use plinth_domain::model::{ClusterRequest, OrgId, SecurityGroupId, SubnetId, VmId};
 use plinth_domain::ports::compute::{
-    Compute, ComputeError, IngressRule, MockCompute, NewSecurityGroup, NewVm, Subnet,
-    TaggedResource,
+    Compute, ComputeError, IngressRule, MockCompute, NewSecurityGroup, NewVm, SecurityGroup,
+    Subnet, TaggedResource,
 };
 
 use crate::support::{
@@ -98,16 +98,21 @@ async fn a_database_failure_after_side_effects_is_503_and_reports_the_cleanup() 
 }
 
 #[actix_web::test]
-async fn an_unknown_subnet_is_422_compute_refused() {
-    let answer = found(Fail::Subnet(ComputeFault::NotFound)).await;
-    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(answer.problem(), "compute-refused");
+async fn an_unknown_subnet_is_422_for_the_callers_and_502_for_the_deployments_default() {
+    let state = founding(Fail::Subnet(ComputeFault::NotFound), false).state();
+    let named = send(&state, post_cluster(r#"{"subnet_id":"subnet-typo"}"#)).await;
+    assert_eq!(named.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(named.problem(), "compute-refused");
     assert!(
-        answer.json()["detail"]
+        named.json()["detail"]
             .as_str()
             .unwrap()
             .contains("no such subnet")
     );
+    // No subnet named: the deployment's default is missing, an operator's problem.
+    let defaulted = found(Fail::Subnet(ComputeFault::NotFound)).await;
+    assert_eq!(defaulted.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(defaulted.problem(), "compute-misconfigured");
 }
 
 #[actix_web::test]
@@ -218,6 +223,9 @@ struct Hanging(MockCompute);
 impl Compute for Hanging {
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError> {
         self.0.subnet(id).await
+    }
+    async fn security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup, ComputeError> {
+        self.0.security_group(id).await
     }
     async fn create_security_group(
         &self,

@@ -22,7 +22,9 @@ use plinth_domain::found_cluster::{
     FoundingPorts, FoundingSettings, Foundings, IdempotencySettings, Leasing,
 };
 use plinth_domain::model::{OrgId, ReplicaId, SecretText, SecurityGroupId, VmId};
-use plinth_domain::ports::compute::{Compute, ComputeError, MockCompute, Subnet};
+use plinth_domain::ports::compute::{
+    Compute, ComputeError, MockCompute, ResourceOwner, SecurityGroup, Subnet,
+};
 use plinth_domain::ports::dns::MockDns;
 use plinth_domain::ports::observer::Unobserved;
 use plinth_domain::ports::operations::{MockOperations, Operations};
@@ -69,6 +71,10 @@ pub fn auth_settings() -> AuthSettings {
         leeway_secs: 0,
         public_key_files: vec![signing_key().public_file.clone()],
         jwks_file: None,
+        jwks_url: None,
+        jwks_refresh_secs: 300,
+        jwks_min_refresh_interval_secs: 10,
+        max_token_lifetime_secs: 86_400,
         dev_signing_key_file: None,
     }
 }
@@ -185,6 +191,7 @@ impl Doubles {
         let tokens = ReissueToken::new(
             repo.clone(),
             settings.bootstrap_base_url.clone(),
+            settings.bootstrap_ca.clone(),
             settings.bootstrap_token_ttl,
         );
         web::Data::new(AppState {
@@ -193,6 +200,11 @@ impl Doubles {
             deletions: Arc::new(deletions),
             tokens,
             expiries: CertificateExpiries::new(repo.clone(), pki),
+            bootstrap_failures: plinth_api::http::failures::FailureLimiter::new(
+                std::num::NonZeroU32::new(60).unwrap(),
+                std::num::NonZeroU32::new(20).unwrap(),
+            ),
+            metrics_here: true,
             bundles: FetchBundle::new(repo.clone(), BundleSettings::default()),
             repo,
             operations,
@@ -425,7 +437,14 @@ pub fn founding(fail: Fail, cleanup_fails: bool) -> Doubles {
             id: id.clone(),
             ipv4_cidr: "127.10.0.0/24".parse().unwrap(),
             ipv6_cidr: None,
+            owner: ResourceOwner::Shared,
         }),
+    });
+    d.compute.expect_security_group().returning(|id| {
+        Ok(SecurityGroup {
+            id: id.clone(),
+            owner: ResourceOwner::Org(OrgId::parse("org-a").unwrap()),
+        })
     });
     d.compute
         .expect_create_security_group()

@@ -24,7 +24,7 @@ use plinth_domain::ports::repo::{
     ApiServerNodeRecord, ClusterSecurityGroups, EtcdNodeRecord, NewClusterRecord, NodePlacement,
     Repo,
 };
-use plinth_domain::testing::{pem_certified, trust_root_of};
+use plinth_domain::testing::{founding_settings, pem_certified, trust_root_of};
 use time::OffsetDateTime;
 
 /// The replica the fixtures found clusters as.
@@ -83,6 +83,7 @@ pub fn founding(record: &NewClusterRecord) -> NewFounding {
         lease_for: LEASE,
         cluster: record.clone(),
         idempotency: None,
+        limits: founding_settings().limits,
     }
 }
 

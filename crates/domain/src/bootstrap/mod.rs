@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::found_cluster::{KubeconfigSpec, render_kubeconfig};
 pub use reissue::{ReissueError, ReissueToken, ReissuedToken};
 
-use crate::model::{ClusterId, NodeName, SecretText};
+use crate::model::{BootstrapTokenHash, ClusterId, NodeName, SecretText};
 use crate::ports::Chain;
 use crate::ports::pki::{CertifiedKey, SharedClientCert};
 use crate::ports::repo::{BootstrapMaterial, Repo, RepoError};
@@ -307,38 +307,54 @@ impl FetchBundle {
     }
 
     /// The bundle of node `node` of cluster `cluster`, for the holder of its token (as they
-    /// arrive in the request; anything malformed is simply unauthorized).
+    /// arrive in the request; anything malformed is simply unauthorized). The token is checked
+    /// first, from one indexed read of its hash; nothing is opened (decrypted) for a request
+    /// that is refused, so a flood of wrong tokens costs a query each and no key, and an unknown
+    /// node and a wrong token take the same path.
     pub async fn fetch(
         &self,
         cluster: &str,
         node: &str,
         token: &str,
     ) -> Result<Bundle, FetchBundleError> {
-        let cluster = ClusterId::parse(cluster).map_err(|_| FetchBundleError::Unauthorized)?;
-        let (_, node) = NodeName::find(cluster, node).ok_or(FetchBundleError::Unauthorized)?;
-        let material = self
+        let presented = BootstrapTokenHash::of(token);
+        let stored = self
             .repo
-            .bootstrap_material(cluster, &node)
+            .bootstrap_token(&presented)
             .await
             .map_err(FetchBundleError::Unavailable)?
             .ok_or(FetchBundleError::Unauthorized)?;
-        // The hash comparison is constant-time; expiry is checked after it either way.
-        let genuine = material.bootstrap_token_hash.matches(token);
+        // The hash comparison is constant-time; the node's identity and the token's life are
+        // checked after it either way.
+        let genuine = stored.hash.matches(token);
+        let this_node = ClusterId::parse(cluster).is_ok_and(|id| id == stored.cluster)
+            && stored.node.as_str() == node;
         let now = OffsetDateTime::now_utc();
-        let fresh = now < material.bootstrap_token_expires_at;
-        if !(genuine && fresh) {
+        if !(genuine && this_node && now < stored.expires_at) {
             return Err(FetchBundleError::Unauthorized);
         }
-        let first_used = material.bootstrap_token_first_used_at;
-        if first_used.is_some_and(|first| now >= first + self.settings.token_reuse_window()) {
+        if stored
+            .first_used_at
+            .is_some_and(|first| now >= first + self.settings.token_reuse_window())
+        {
             return Err(FetchBundleError::Burned);
+        }
+        let material = self
+            .repo
+            .bootstrap_material(stored.cluster, &stored.node)
+            .await
+            .map_err(FetchBundleError::Unavailable)?
+            .ok_or(FetchBundleError::Unauthorized)?;
+        // A token replaced between the two reads: the one presented is no longer the node's.
+        if material.bootstrap_token_hash != stored.hash {
+            return Err(FetchBundleError::Unauthorized);
         }
         let bundle =
             render_bundle(&material, &self.settings).map_err(FetchBundleError::Unrenderable)?;
-        if first_used.is_none()
+        if stored.first_used_at.is_none()
             && let Err(e) = self
                 .repo
-                .note_bootstrap_fetch(cluster, &node, &material.bootstrap_token_hash)
+                .note_bootstrap_fetch(stored.cluster, &stored.node, &stored.hash)
                 .await
         {
             // The bundle goes out anyway; the token burns from a later fetch instead.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::credentials::AUDIT_TARGET;
-use crate::found_cluster::{BootstrapBaseUrl, render_userdata_shim};
+use crate::found_cluster::{BootstrapBaseUrl, BootstrapCa, render_userdata_shim};
 use crate::model::{BootstrapToken, ClusterId, NodeName, OrgId, SecretText};
 use crate::ports::repo::{Repo, RepoError};
 
@@ -45,6 +45,7 @@ pub enum ReissueError {
 pub struct ReissueToken {
     repo: Arc<dyn Repo>,
     base: BootstrapBaseUrl,
+    ca: Option<BootstrapCa>,
     ttl: Duration,
 }
 
@@ -57,9 +58,20 @@ impl std::fmt::Debug for ReissueToken {
 }
 
 impl ReissueToken {
-    /// Wires the use case: shims point at `base`, tokens live `ttl`.
-    pub fn new(repo: Arc<dyn Repo>, base: BootstrapBaseUrl, ttl: Duration) -> Self {
-        Self { repo, base, ttl }
+    /// Wires the use case: shims point at `base` and pin `ca` (when given), as a founding's do;
+    /// tokens live `ttl`.
+    pub fn new(
+        repo: Arc<dyn Repo>,
+        base: BootstrapBaseUrl,
+        ca: Option<BootstrapCa>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            repo,
+            base,
+            ca,
+            ttl,
+        }
     }
 
     /// Replaces the token of node `node` of `cluster` (one of `org`'s ready clusters).
@@ -96,7 +108,7 @@ impl ReissueToken {
             "bootstrap token re-issued"
         );
         Ok(ReissuedToken {
-            user_data: render_userdata_shim(&self.base, cluster, &name, &token),
+            user_data: render_userdata_shim(&self.base, self.ca.as_ref(), cluster, &name, &token),
             token: SecretText::new(token.expose()),
             expires_at,
         })

@@ -13,7 +13,7 @@ use crate::model::{
     VmId,
 };
 use crate::ports::pki::SharedClientCerts;
-use crate::ports::repo::{MockRepo, NodePlacement, RepoError};
+use crate::ports::repo::{BootstrapTokenRecord, MockRepo, NodePlacement, RepoError};
 use crate::testing::{cluster_ca_with, founding_settings, pem_certified, pem_service_account};
 
 fn cluster() -> ClusterId {
@@ -299,18 +299,33 @@ fn manifests_are_pods_with_kubeadms_flags_for_this_node() {
 }
 
 fn fetcher(material: Option<BootstrapMaterial>) -> FetchBundle {
-    fetcher_noting(material, Arc::default())
+    fetcher_noting(material, Arc::default(), Arc::default())
 }
 
 /// A fetcher over `material` whose repo notes each first fetch (cluster, node, token hash) in
-/// `noted`.
+/// `noted`, and counts in `opened` how often it read (and so opened) the node's material.
 fn fetcher_noting(
     material: Option<BootstrapMaterial>,
     noted: Arc<std::sync::Mutex<Vec<(ClusterId, NodeName, BootstrapTokenHash)>>>,
+    opened: Arc<std::sync::Mutex<usize>>,
 ) -> FetchBundle {
     let mut repo = MockRepo::new();
+    let tokens = material.clone();
+    repo.expect_bootstrap_token().returning(move |hash| {
+        Ok(tokens
+            .clone()
+            .filter(|m| &m.bootstrap_token_hash == hash)
+            .map(|m| BootstrapTokenRecord {
+                cluster: m.cluster_id,
+                node: m.node.name,
+                hash: m.bootstrap_token_hash,
+                expires_at: m.bootstrap_token_expires_at,
+                first_used_at: m.bootstrap_token_first_used_at,
+            }))
+    });
     repo.expect_bootstrap_material()
         .returning(move |cluster, node| {
+            *opened.lock().unwrap() += 1;
             Ok(material
                 .clone()
                 .filter(|m| m.cluster_id == cluster && &m.node.name == node))
@@ -331,7 +346,11 @@ async fn a_first_fetch_is_noted_and_the_token_burns_a_reuse_window_later() {
     let token = BootstrapToken::generate();
     let (id, name) = (cluster().to_string(), node(1).name.to_string());
     let noted = Arc::default();
-    let fetch = fetcher_noting(Some(material(1, &token, later())), Arc::clone(&noted));
+    let fetch = fetcher_noting(
+        Some(material(1, &token, later())),
+        Arc::clone(&noted),
+        Arc::default(),
+    );
     fetch.fetch(&id, &name, token.expose()).await.unwrap();
     assert_eq!(
         *noted.lock().unwrap(),
@@ -347,7 +366,11 @@ async fn a_first_fetch_is_noted_and_the_token_burns_a_reuse_window_later() {
         bootstrap_token_first_used_at: Some(OffsetDateTime::now_utc() - ago),
         ..material(1, &token, later())
     };
-    let fetch = fetcher_noting(Some(used(Duration::minutes(5))), Arc::clone(&noted));
+    let fetch = fetcher_noting(
+        Some(used(Duration::minutes(5))),
+        Arc::clone(&noted),
+        Arc::default(),
+    );
     fetch.fetch(&id, &name, token.expose()).await.unwrap();
     assert!(noted.lock().unwrap().is_empty());
 
@@ -434,12 +457,54 @@ async fn an_expired_token_is_refused_like_a_wrong_one() {
 #[tokio::test]
 async fn a_database_failure_is_unavailable_not_unauthorized() {
     let mut repo = MockRepo::new();
-    repo.expect_bootstrap_material()
-        .returning(|_, _| Err(RepoError::Unavailable("down".into())));
+    repo.expect_bootstrap_token()
+        .returning(|_| Err(RepoError::Unavailable("down".into())));
     let fetch = FetchBundle::new(Arc::new(repo), BundleSettings::default());
     let err = fetch
         .fetch(&cluster().to_string(), node(1).name.as_str(), "t")
         .await
         .unwrap_err();
     assert!(matches!(err, FetchBundleError::Unavailable(_)));
+}
+
+#[tokio::test]
+async fn a_refused_fetch_opens_nothing() {
+    let token = BootstrapToken::generate();
+    let opened = Arc::default();
+    let fetch = fetcher_noting(
+        Some(material(1, &token, later())),
+        Arc::default(),
+        Arc::clone(&opened),
+    );
+    let (id, name) = (cluster().to_string(), node(1).name.to_string());
+    for (cluster_id, node_name, presented) in [
+        (
+            id.as_str(),
+            name.as_str(),
+            BootstrapToken::generate().expose().to_owned(),
+        ),
+        (
+            id.as_str(),
+            node(2).name.as_str(),
+            token.expose().to_owned(),
+        ),
+        (
+            "00000000-0000-0000-0000-000000000001",
+            name.as_str(),
+            token.expose().to_owned(),
+        ),
+    ] {
+        let err = fetch
+            .fetch(cluster_id, node_name, &presented)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchBundleError::Unauthorized), "{err}");
+    }
+    assert_eq!(
+        *opened.lock().unwrap(),
+        0,
+        "a refused fetch opened a node's material"
+    );
+    fetch.fetch(&id, &name, token.expose()).await.unwrap();
+    assert_eq!(*opened.lock().unwrap(), 1);
 }

@@ -335,6 +335,9 @@ impl DeleteCluster {
                 Err(failure) => {
                     tracing::warn!(step = now().as_str(), error = %Chain(&failure), "deletion stopped");
                     let (kind, detail) = failure.classify();
+                    self.ports
+                        .observer
+                        .operation_failed(OperationKind::Delete, kind.as_str());
                     let problem = OperationProblem {
                         kind: kind.as_str().to_owned(),
                         step: now().as_str().to_owned(),

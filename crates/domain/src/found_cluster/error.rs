@@ -6,12 +6,15 @@ use crate::ports::Chain;
 use crate::ports::compute::ComputeError;
 use crate::ports::operations::{OperationProblem, ResourceKind};
 use crate::ports::pki::PkiError;
-use crate::ports::repo::RepoError;
+use crate::ports::repo::{Quota, RepoError};
 
 /// The steps of a founding after the request is validated (docs/ARCHITECTURE.md §1), for
 /// errors, spans, metrics and the operation's `step`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FoundingStep {
+    /// 1b: the subnet and the given groups exist and are the organization's (or shared);
+    /// nothing is written or created before this holds.
+    CheckAccess,
     /// 2: commit the operation and the `provisioning` cluster row, claiming the name.
     ClaimName,
     /// 3: cluster CA with intermediates, and the service-account key pair, stored sealed.
@@ -36,6 +39,7 @@ impl FoundingStep {
     /// A stable snake_case name for logs, metric labels and the stored operation.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::CheckAccess => "check_access",
             Self::ClaimName => "claim_name",
             Self::CreateTrustRoot => "create_trust_root",
             Self::ResolveSecurityGroups => "resolve_security_groups",
@@ -80,9 +84,23 @@ pub enum FoundingFailure {
     SubnetLookup {
         /// The subnet.
         subnet: SubnetId,
+        /// Whether it is the deployment's default (the request named none): then its absence
+        /// is the deployment's misconfiguration, not the caller's mistake.
+        default: bool,
         /// The compute error.
         source: ComputeError,
     },
+    /// A security group the request names could not be read.
+    #[error("reading security group {group} failed")]
+    GroupLookup {
+        /// The group.
+        group: SecurityGroupId,
+        /// The compute error.
+        source: ComputeError,
+    },
+    /// The subnet or a group belongs to another organization.
+    #[error("{0} does not belong to the organization")]
+    NotTheOrganizations(String),
     /// The cluster's security group could not be created.
     #[error("creating the control-plane security group failed")]
     CreateSecurityGroup(#[source] ComputeError),
@@ -169,6 +187,15 @@ pub enum FailureKind {
     Interrupted,
     /// The DNS server failed (a deletion removing the cluster's records).
     DnsFailed,
+    /// The compute service refused plinth's own credentials, or the deployment's defaults do
+    /// not exist there: the operator must fix the configuration.
+    ComputeMisconfigured,
+    /// The compute service has no capacity left; trying again later may work.
+    CapacityExhausted,
+    /// The organization has as many clusters as it may.
+    QuotaExceeded,
+    /// The organization runs as many foundings as it may at once.
+    TooManyFoundings,
     /// A deletion outlasted its deadline; the cluster stays `deleting`.
     DeletionDeadline,
 }
@@ -189,6 +216,10 @@ impl FailureKind {
             Self::FoundingDeadline => "founding-deadline",
             Self::Interrupted => "interrupted",
             Self::DnsFailed => "dns-failed",
+            Self::ComputeMisconfigured => "compute-misconfigured",
+            Self::CapacityExhausted => "capacity-exhausted",
+            Self::QuotaExceeded => "quota-exceeded",
+            Self::TooManyFoundings => "too-many-foundings",
             Self::DeletionDeadline => "deletion-deadline",
         }
     }
@@ -209,6 +240,10 @@ impl FailureKind {
             Self::Interrupted,
             Self::DnsFailed,
             Self::DeletionDeadline,
+            Self::ComputeMisconfigured,
+            Self::CapacityExhausted,
+            Self::QuotaExceeded,
+            Self::TooManyFoundings,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == slug)
@@ -230,6 +265,14 @@ pub(crate) fn compute_failure(e: &ComputeError, doing: &str) -> (FailureKind, St
         ComputeError::Conflict(m) => (
             FailureKind::ComputeConflict,
             format!("the compute service could not go on with {doing}: {m}"),
+        ),
+        ComputeError::Unauthorized(_) => (
+            FailureKind::ComputeMisconfigured,
+            format!("the compute service refused plinth's own credentials while {doing}"),
+        ),
+        ComputeError::CapacityExhausted(m) => (
+            FailureKind::CapacityExhausted,
+            format!("the compute service has no capacity for {doing}: {m}; try again later"),
         ),
         _ => (
             FailureKind::ComputeFailed,
@@ -256,6 +299,26 @@ impl FoundingFailure {
                 "the cluster's trust material could not be made; nothing was founded".to_owned(),
             ),
             Self::ClaimName(RepoError::Conflict(m)) => (FailureKind::NameTaken, m.clone()),
+            Self::ClaimName(RepoError::QuotaExceeded {
+                quota: Quota::Clusters,
+                limit,
+            }) => (
+                FailureKind::QuotaExceeded,
+                format!(
+                    "your organization has {limit} clusters, as many as it may; delete one \
+                     first"
+                ),
+            ),
+            Self::ClaimName(RepoError::QuotaExceeded {
+                quota: Quota::FoundingsInFlight,
+                limit,
+            }) => (
+                FailureKind::TooManyFoundings,
+                format!(
+                    "your organization has {limit} foundings running, as many as it may at \
+                     once; try again when one has ended"
+                ),
+            ),
             Self::ClaimName(_) => database("starting the founding"),
             Self::StoreTrustRoot(_) | Self::Journal(_) | Self::RecordSecurityGroups(_) => {
                 database("storing the cluster")
@@ -267,9 +330,27 @@ impl FoundingFailure {
                  not known yet: GET /clusters shows it once it is"
                     .to_owned(),
             ),
-            Self::SubnetLookup { source, subnet } => {
+            Self::SubnetLookup {
+                source: ComputeError::NotFound(_),
+                subnet,
+                default: true,
+            } => (
+                FailureKind::ComputeMisconfigured,
+                format!(
+                    "the deployment's default subnet {subnet} does not exist at the compute \
+                     service; nothing was founded"
+                ),
+            ),
+            Self::SubnetLookup { source, subnet, .. } => {
                 compute_failure(source, &format!("reading subnet {subnet}"))
             }
+            Self::GroupLookup { source, group } => {
+                compute_failure(source, &format!("reading security group {group}"))
+            }
+            Self::NotTheOrganizations(what) => (
+                FailureKind::ComputeRefused,
+                format!("{what} does not belong to your organization; nothing was founded"),
+            ),
             Self::CreateSecurityGroup(source) => {
                 compute_failure(source, "creating the control-plane security group")
             }
@@ -287,7 +368,12 @@ impl FoundingFailure {
                         compute_failure(e, "")
                     });
                 let reason = match (kind, failures.first()) {
-                    (FailureKind::ComputeRefused | FailureKind::ComputeConflict, Some((_, e))) => {
+                    (
+                        FailureKind::ComputeRefused
+                        | FailureKind::ComputeConflict
+                        | FailureKind::CapacityExhausted,
+                        Some((_, e)),
+                    ) => {
                         format!(": {e}")
                     }
                     _ => String::new(),

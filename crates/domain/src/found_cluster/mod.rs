@@ -36,12 +36,12 @@ pub use error::{
 pub use kubeconfig::{KubeconfigSpec, render_kubeconfig};
 pub use replay::{Replay, ReplayError};
 pub(crate) use rollback::roll_back;
-pub use settings::{FoundingSection, FoundingSettings};
+pub use settings::{FoundingSection, FoundingSettings, LimitsSection};
 pub use supervisor::{
     Foundings, IdempotencySection, IdempotencySettings, Slot, Started, SubmitError, Submitted,
 };
 pub use userdata::{
-    BootstrapBaseUrl, bootstrap_path, bootstrap_path_template, render_userdata_shim,
+    BootstrapBaseUrl, BootstrapCa, bootstrap_path, bootstrap_path_template, render_userdata_shim,
 };
 
 use crate::model::{
@@ -50,7 +50,9 @@ use crate::model::{
     ReplicaId, SecretText, SecurityGroupChoice, SecurityGroupId, VmId,
 };
 use crate::ports::Chain;
-use crate::ports::compute::{Compute, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Tags};
+use crate::ports::compute::{
+    Compute, IngressRule, NewSecurityGroup, NewVm, RuleProtocol, Subnet, Tags,
+};
 use crate::ports::dns::{AddressRecords, Dns};
 use crate::ports::observer::Observer;
 use crate::ports::operations::{
@@ -227,6 +229,8 @@ struct Founding {
     step: Mutex<FoundingStep>,
     /// Its side effects as far as this replica knows them, for its own rollback.
     journal: Mutex<Vec<JournalEntry>>,
+    /// The subnet as read when its access was checked.
+    subnet: std::sync::OnceLock<Subnet>,
 }
 
 impl Founding {
@@ -307,19 +311,27 @@ impl FoundCluster {
             org: request.org,
             spec: request.spec,
             created_at: OffsetDateTime::now_utc(),
-            step: Mutex::new(FoundingStep::ClaimName),
+            step: Mutex::new(FoundingStep::CheckAccess),
             journal: Mutex::default(),
+            subnet: std::sync::OnceLock::new(),
         };
         let span = founding_span(&f);
-        let claimed = self
-            .begin(&f, request.idempotency)
-            .instrument(step_span(FoundingStep::ClaimName))
-            .instrument(span)
-            .await;
+        let claimed = async {
+            self.check_access(&f)
+                .instrument(step_span(FoundingStep::CheckAccess))
+                .await
+                .map_err(|failure| (FoundingStep::CheckAccess, failure))?;
+            self.begin(&f, request.idempotency)
+                .instrument(step_span(FoundingStep::ClaimName))
+                .await
+                .map_err(|failure| (FoundingStep::ClaimName, failure))
+        }
+        .instrument(span)
+        .await;
         match claimed {
             Ok(()) => Ok(Claimed(f)),
-            Err(failure) => {
-                let error = stopped(FoundingStep::ClaimName, failure, CleanupReport::default());
+            Err((step, failure)) => {
+                let error = stopped(step, failure, CleanupReport::default());
                 // A key taken by a founding that started at the same time is no founding of
                 // its own: the caller answers from the other one.
                 if !error.key_taken() {
@@ -348,7 +360,13 @@ impl FoundCluster {
             Ok(()) => "succeeded".to_owned(),
             // The replica that took the operation over reports how it ended.
             Err(e) if matches!(e.failure(), FoundingFailure::Interrupted) => return,
-            Err(e) => format!("failed_{}", e.step()),
+            Err(e) => {
+                let (kind, _) = e.failure().classify();
+                self.ports
+                    .observer
+                    .operation_failed(OperationKind::Found, kind.as_str());
+                format!("failed_{}", e.step())
+            }
         };
         self.ports
             .observer
@@ -380,6 +398,51 @@ impl FoundCluster {
         }
     }
 
+    /// Before anything is written: the subnet, and every group the request names, exist and
+    /// belong to the organization (or are shared). The compute service is asked under plinth's
+    /// own credentials, so this is what keeps one organization out of another's network.
+    async fn check_access(&self, f: &Founding) -> Result<(), FoundingFailure> {
+        let compute = &self.ports.compute;
+        let subnet_id = &f.spec.subnet_id;
+        let subnet =
+            compute
+                .subnet(subnet_id)
+                .await
+                .map_err(|source| FoundingFailure::SubnetLookup {
+                    subnet: subnet_id.clone(),
+                    default: *subnet_id == self.settings.defaults.subnet_id,
+                    source,
+                })?;
+        if !subnet.owner.admits(&f.org) {
+            return Err(FoundingFailure::NotTheOrganizations(format!(
+                "subnet {subnet_id}"
+            )));
+        }
+        if let SecurityGroupChoice::Given(ids) = &f.spec.security_groups {
+            let groups = futures::future::join_all(ids.iter().map(|id| async move {
+                compute
+                    .security_group(id)
+                    .await
+                    .map_err(|source| FoundingFailure::GroupLookup {
+                        group: id.clone(),
+                        source,
+                    })
+            }))
+            .await;
+            for group in groups {
+                let group = group?;
+                if !group.owner.admits(&f.org) {
+                    return Err(FoundingFailure::NotTheOrganizations(format!(
+                        "security group {}",
+                        group.id
+                    )));
+                }
+            }
+        }
+        let _ = f.subnet.set(subnet);
+        Ok(())
+    }
+
     /// Step 2: the operation and the `provisioning` cluster row, in one commit. A taken name is
     /// a conflict here, before any key is made or any resource created.
     async fn begin(
@@ -400,6 +463,7 @@ impl FoundCluster {
                 created_at: f.created_at,
             },
             idempotency,
+            limits: self.settings.limits,
         };
         self.ports
             .operations
@@ -563,11 +627,11 @@ impl FoundCluster {
                 created: None,
             },
             SecurityGroupChoice::CreateForCluster => {
-                let subnet = compute.subnet(&f.spec.subnet_id).await.map_err(|source| {
-                    FoundingFailure::SubnetLookup {
-                        subnet: f.spec.subnet_id.clone(),
-                        source,
-                    }
+                let subnet = f.subnet.get().ok_or_else(|| {
+                    FoundingFailure::NotTheOrganizations(format!(
+                        "subnet {} (not checked)",
+                        f.spec.subnet_id
+                    ))
                 })?;
                 let key = rollback::group_key(f.lease.operation);
                 self.intend(f, &[(ResourceKind::SecurityGroup, key.clone())])
@@ -575,6 +639,7 @@ impl FoundCluster {
                 let group = compute
                     .create_security_group(&NewSecurityGroup {
                         name: format!("{}-control-plane", f.cluster_id.label()),
+                        owner: f.org.clone(),
                         tags: resource_tags(f, None),
                         idempotency_key: key.clone(),
                     })
@@ -618,6 +683,7 @@ impl FoundCluster {
                 let token = BootstrapToken::generate();
                 let user_data = render_userdata_shim(
                     &self.settings.bootstrap_base_url,
+                    self.settings.bootstrap_ca.as_ref(),
                     f.cluster_id,
                     &name,
                     &token,

@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use super::*;
 use crate::model::IdempotencyKey;
 use crate::model::{BootstrapTokenHash, SubnetId};
-use crate::ports::compute::{ComputeError, MockCompute, Subnet, TaggedResource};
+use crate::ports::compute::{
+    ComputeError, MockCompute, ResourceOwner, SecurityGroup, Subnet, TaggedResource,
+};
 use crate::ports::dns::{DnsError, MockDns};
 use crate::ports::operations::{
     DeletionStart, IdempotentOperation, MockOperations, NewDeletion, OperationProblem,
@@ -67,7 +69,10 @@ enum FailAt {
     CreateCa,
     CreateServiceAccountKey,
     StoreTrustRoot,
+    /// The subnet does not exist (checked before the claim).
     SubnetLookup,
+    /// A group the request names belongs to another organization (checked before the claim).
+    GroupLookup,
     /// Writing down the group about to be created fails.
     RecordGroupIntent,
     CreateSecurityGroup,
@@ -107,12 +112,13 @@ impl FailAt {
     /// Entering a step (renewing the lease) comes just before the step's first call.
     fn stage(self) -> u8 {
         match self {
+            Self::SubnetLookup => 5,
+            Self::GroupLookup => 6,
             Self::ClaimName | Self::ClaimUnavailable => 10,
             Self::LeaseLostEntering(step) => entry_stage(step),
             Self::CreateCa => 20,
             Self::CreateServiceAccountKey => 21,
             Self::StoreTrustRoot => 22,
-            Self::SubnetLookup => 30,
             Self::RecordGroupIntent => 31,
             Self::CreateSecurityGroup => 32,
             Self::RecordGroupCreated => 33,
@@ -259,7 +265,10 @@ impl Scenario {
     fn ending(&self) -> Ending {
         match self.fail_at {
             FailAt::Nothing => Ending::Founded,
-            FailAt::ClaimName | FailAt::ClaimUnavailable => Ending::StoppedAtClaim,
+            FailAt::SubnetLookup
+            | FailAt::GroupLookup
+            | FailAt::ClaimName
+            | FailAt::ClaimUnavailable => Ending::StoppedAtClaim,
             FailAt::LeaseLostEntering(_)
             | FailAt::LeaseLapsesWhileReadingBack
             | FailAt::FinishFoundingLeaseLost => Ending::Interrupted,
@@ -282,6 +291,8 @@ impl Scenario {
     fn fences(&self) -> usize {
         match self.fail_at {
             FailAt::Nothing
+            | FailAt::SubnetLookup
+            | FailAt::GroupLookup
             | FailAt::ClaimName
             | FailAt::ClaimUnavailable
             | FailAt::LeaseLostEntering(_)
@@ -621,8 +632,41 @@ fn mocks(s: &Scenario) -> Mocks {
     let fail = s.fail_at;
     let count = s.count;
 
-    // Step 2: the claim, before anything else.
+    // Before the claim: the subnet, and any group the request names, are the organization's.
     {
+        let ipv6 = s.subnet_has_ipv6;
+        compute
+            .expect_subnet()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |id| match fail {
+                FailAt::SubnetLookup => Err(ComputeError::NotFound(id.to_string())),
+                _ => Ok(Subnet {
+                    id: id.clone(),
+                    ipv4_cidr: "127.10.0.0/24".parse().unwrap(),
+                    ipv6_cidr: ipv6.then(|| "fd00:10::/64".parse().unwrap()),
+                    owner: ResourceOwner::Shared,
+                }),
+            });
+        if !s.creates_group() && s.reached(FailAt::GroupLookup) {
+            compute
+                .expect_security_group()
+                .times(s.given_groups.map_or(0, <[_]>::len))
+                .returning(move |id| match fail {
+                    FailAt::GroupLookup => Ok(SecurityGroup {
+                        id: id.clone(),
+                        owner: ResourceOwner::Org(OrgId::parse("another-org").unwrap()),
+                    }),
+                    _ => Ok(SecurityGroup {
+                        id: id.clone(),
+                        owner: ResourceOwner::Org(org()),
+                    }),
+                });
+        }
+    }
+
+    // Step 2: the claim, before anything else is written.
+    if s.reached(FailAt::ClaimName) {
         let captured = Arc::clone(&captured);
         ops.expect_begin_founding()
             .times(1)
@@ -706,21 +750,6 @@ fn mocks(s: &Scenario) -> Mocks {
 
     // Step 4: security groups, the created one journaled before and after.
     let creates_group = s.creates_group();
-    if creates_group && s.reached(FailAt::SubnetLookup) {
-        let ipv6 = s.subnet_has_ipv6;
-        compute
-            .expect_subnet()
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(move |id| match fail {
-                FailAt::SubnetLookup => Err(ComputeError::NotFound(id.to_string())),
-                _ => Ok(Subnet {
-                    id: id.clone(),
-                    ipv4_cidr: "127.10.0.0/24".parse().unwrap(),
-                    ipv6_cidr: ipv6.then(|| "fd00:10::/64".parse().unwrap()),
-                }),
-            });
-    }
     if creates_group && s.reached(FailAt::RecordGroupIntent) {
         let captured = Arc::clone(&captured);
         ops.expect_record_intents()
@@ -1345,6 +1374,9 @@ impl StagedCompute {
 impl Compute for StagedCompute {
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError> {
         self.inner.subnet(id).await
+    }
+    async fn security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup, ComputeError> {
+        self.inner.security_group(id).await
     }
     async fn create_security_group(
         &self,
@@ -2168,15 +2200,71 @@ async fn a_trust_root_storage_failure_ends_the_operation_with_nothing_to_delete(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_subnet_lookup_failure_rolls_back_and_creates_nothing() {
+async fn a_missing_default_subnet_stops_before_anything_is_written() {
     let stop = stop_at(FailAt::SubnetLookup).await;
-    assert_eq!(stop.step, FoundingStep::ResolveSecurityGroups);
-    let FoundingFailure::SubnetLookup { subnet, source } = &stop.failure else {
+    assert_eq!(stop.step, FoundingStep::CheckAccess);
+    let FoundingFailure::SubnetLookup {
+        subnet,
+        source,
+        default,
+    } = &stop.failure
+    else {
         panic!("{}", stop.failure);
     };
     assert_eq!(subnet.as_str(), "subnet-local");
     assert!(matches!(source, ComputeError::NotFound(_)));
-    assert_eq!(stop.problem.kind, "compute-refused");
+    // The request named no subnet: the deployment's default is missing, not the caller's.
+    assert!(default);
+    assert_eq!(stop.problem.kind, "compute-misconfigured");
+    assert!(stop.seen.founding.is_none(), "nothing was claimed");
+    assert!(stop.seen.events.is_empty(), "{:?}", stop.seen.events);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_organizations_group_stops_the_founding_before_anything_is_written() {
+    let s = Scenario {
+        fail_at: FailAt::GroupLookup,
+        given_groups: Some(&["sg-a", "sg-b"]),
+        ..Scenario::default()
+    };
+    let run = found(&s).await;
+    let error = run.result.unwrap_err();
+    assert_eq!(error.step(), FoundingStep::CheckAccess);
+    assert!(
+        matches!(error.failure(), FoundingFailure::NotTheOrganizations(what) if what.starts_with("security group sg-")),
+        "{}",
+        error.failure()
+    );
+    let problem = error.problem();
+    assert_eq!(problem.kind, "compute-refused");
+    assert!(
+        problem
+            .detail
+            .contains("does not belong to your organization"),
+        "{problem:?}"
+    );
+    assert!(run.seen.founding.is_none(), "nothing was claimed");
+    assert_eq!(
+        run.ended,
+        [(OperationKind::Found, "failed_check_access".to_owned())]
+    );
+}
+
+#[test]
+fn a_resource_admits_its_own_organization_or_any_when_shared() {
+    let (a, b) = (org(), OrgId::parse("org-2").unwrap());
+    assert!(ResourceOwner::Shared.admits(&a));
+    assert!(ResourceOwner::Org(a.clone()).admits(&a));
+    assert!(!ResourceOwner::Org(a.clone()).admits(&b));
+    assert_eq!(
+        ResourceOwner::parse("shared").unwrap(),
+        ResourceOwner::Shared
+    );
+    assert_eq!(
+        ResourceOwner::parse("org-1").unwrap(),
+        ResourceOwner::Org(a)
+    );
+    assert!(ResourceOwner::parse("not an org").is_err());
 }
 
 #[tokio::test(start_paused = true)]

@@ -28,6 +28,12 @@ impl OrgId {
                 "an organization id may hold only ASCII letters, digits and . _ : -".into(),
             ));
         }
+        if raw == "shared" {
+            // The compute contract's owner of resources every organization may use.
+            return Err(InvalidValue(
+                "\"shared\" is reserved: it names resources every organization may use".into(),
+            ));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -112,8 +118,9 @@ impl fmt::Display for ClusterName {
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// The rule of every platform id (subnet, flavor, image, security group, VM) as a regular
-/// expression, for API documents.
-pub const PLATFORM_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+/// expression, for API documents: 1 to 128 of the allowed characters, but not `.` or `..`
+/// (spelt out by the first characters, as not every regular expression engine looks ahead).
+pub const PLATFORM_ID_PATTERN: &str = "^(?:[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}|\\.[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,126}|\\.\\.[A-Za-z0-9._:-]{1,126})$";
 
 /// Checks one RFC 1123 DNS label, lowercase only.
 pub(crate) fn check_dns_label(raw: &str) -> Result<(), InvalidValue> {
@@ -153,7 +160,8 @@ macro_rules! platform_id {
         impl $name {
             const MAX_LEN: usize = 128;
 
-            /// Accepts 1 to 128 characters of ASCII letters, digits and `.` `_` `:` `-`.
+            /// Accepts 1 to 128 characters of ASCII letters, digits and `.` `_` `:` `-`, but
+            /// not `.` or `..`.
             pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
                 if raw.is_empty() || raw.len() > Self::MAX_LEN {
                     return Err(InvalidValue(format!(
@@ -166,6 +174,11 @@ macro_rules! platform_id {
                         concat!("a ", $what, " may hold only ASCII letters, digits and . _ : -")
                             .into(),
                     ));
+                }
+                // The id becomes a URL path segment at the compute service: `.` and `..` would
+                // name another resource than the one meant.
+                if raw == "." || raw == ".." {
+                    return Err(InvalidValue(concat!("a ", $what, " cannot be . or ..").into()));
                 }
                 Ok(Self(raw.to_owned()))
             }
@@ -258,6 +271,15 @@ mod tests {
         assert!(SubnetId::parse("subnet-local").is_ok());
         assert!(FlavorId::parse("m1.small").is_ok());
         assert!(VmId::parse("../etc").is_err());
+        for dots in [".", ".."] {
+            assert!(SubnetId::parse(dots).is_err(), "{dots}");
+            assert!(SecurityGroupId::parse(dots).is_err(), "{dots}");
+            assert!(VmId::parse(dots).is_err(), "{dots}");
+        }
+        assert!(
+            OrgId::parse("shared").is_err(),
+            "reserved for shared resources"
+        );
         assert!(ImageId::parse("debian 12").is_err());
         assert!(SecurityGroupId::parse("").is_err());
         let err = SubnetId::parse("a\nb").unwrap_err();

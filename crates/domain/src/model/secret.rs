@@ -51,4 +51,72 @@ mod tests {
         assert_eq!(secret.to_string(), "<redacted>");
         assert_eq!(secret.expose(), "-----BEGIN PRIVATE KEY-----abc");
     }
+
+    /// Every domain type that carries a key, a token or a kubeconfig, debugged: none shows it.
+    #[test]
+    fn no_secret_bearing_type_debugs_its_secret() {
+        use crate::bootstrap::{BundleFile, ReissuedToken};
+        use crate::credentials::AdminCredentials;
+        use crate::ports::compute::NewVm;
+        use crate::ports::pki::{CertifiedKey, ServiceAccountKeyPair};
+        let secret = || SecretText::new("-----BEGIN PRIVATE KEY-----\nTOP-SECRET");
+        let now = time::OffsetDateTime::now_utc();
+        let debugged = [
+            format!(
+                "{:?}",
+                CertifiedKey {
+                    cert_pem: "cert".into(),
+                    key_pem: secret()
+                }
+            ),
+            format!(
+                "{:?}",
+                ServiceAccountKeyPair {
+                    public_key_pem: "public".into(),
+                    private_key_pem: secret()
+                }
+            ),
+            format!(
+                "{:?}",
+                AdminCredentials {
+                    kubeconfig: secret(),
+                    expires_at: now,
+                    serial_hex: "01".into()
+                }
+            ),
+            format!(
+                "{:?}",
+                ReissuedToken {
+                    token: secret(),
+                    expires_at: now,
+                    user_data: secret()
+                }
+            ),
+            format!(
+                "{:?}",
+                BundleFile {
+                    path: "/etc/kubernetes/pki/ca.key".into(),
+                    mode: 0o600,
+                    contents: secret()
+                }
+            ),
+            format!(
+                "{:?}",
+                NewVm {
+                    name: "cp-1".into(),
+                    flavor: crate::model::FlavorId::parse("m1").unwrap(),
+                    image: crate::model::ImageId::parse("debian").unwrap(),
+                    subnet: crate::model::SubnetId::parse("subnet-1").unwrap(),
+                    security_groups: Vec::new(),
+                    tags: crate::ports::compute::Tags::new(),
+                    user_data: secret(),
+                    idempotency_key: "k".into(),
+                }
+            ),
+        ];
+        for debug in debugged {
+            assert!(!debug.contains("TOP-SECRET"), "{debug}");
+            assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+        }
+    }
 }

@@ -7,12 +7,54 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use time::OffsetDateTime;
 
 use super::BoxError;
-use crate::model::{FlavorId, ImageId, SecretText, SecurityGroupId, SubnetId, VmId};
+use crate::model::{
+    FlavorId, ImageId, InvalidValue, OrgId, SecretText, SecurityGroupId, SubnetId, VmId,
+};
 
 /// Labels put on every resource plinth creates, so a sweeper can find orphans.
 pub type Tags = BTreeMap<String, String>;
 
-/// A subnet's address ranges.
+/// Who a subnet or security group belongs to at the compute service: one organization, or every
+/// organization (`shared`). plinth founds only on what the caller's organization may use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ResourceOwner {
+    /// Any organization may use it.
+    Shared,
+    /// Only this organization may.
+    Org(OrgId),
+}
+
+impl ResourceOwner {
+    /// The owner as the compute contract writes it: `shared`, or the organization's id.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Shared => "shared",
+            Self::Org(org) => org.as_str(),
+        }
+    }
+
+    /// Reads an owner as the compute contract writes it.
+    ///
+    /// # Errors
+    /// Neither `shared` nor an organization id.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw == "shared" {
+            Ok(Self::Shared)
+        } else {
+            OrgId::parse(raw).map(Self::Org)
+        }
+    }
+
+    /// Whether `org` may use the resource.
+    pub fn admits(&self, org: &OrgId) -> bool {
+        match self {
+            Self::Shared => true,
+            Self::Org(owner) => owner == org,
+        }
+    }
+}
+
+/// A subnet's address ranges and owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subnet {
     /// The subnet.
@@ -21,6 +63,17 @@ pub struct Subnet {
     pub ipv4_cidr: Ipv4Net,
     /// Its IPv6 range, when it has one.
     pub ipv6_cidr: Option<Ipv6Net>,
+    /// Who may use it.
+    pub owner: ResourceOwner,
+}
+
+/// A security group as the compute service has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroup {
+    /// The group.
+    pub id: SecurityGroupId,
+    /// Who may use it.
+    pub owner: ResourceOwner,
 }
 
 /// A security group to create.
@@ -28,6 +81,8 @@ pub struct Subnet {
 pub struct NewSecurityGroup {
     /// Its name, e.g. `cluster-<id>-control-plane`.
     pub name: String,
+    /// The organization it belongs to (the cluster's).
+    pub owner: OrgId,
     /// Ownership tags.
     pub tags: Tags,
     /// Makes the creation safe to repeat: the same key and group give the same group back.
@@ -101,6 +156,14 @@ pub enum ComputeError {
     /// The platform refused the request; the message is the platform's.
     #[error("rejected by the compute service: {0}")]
     Rejected(String),
+    /// The platform refused plinth's own credentials (401/403): a deployment problem, not the
+    /// caller's.
+    #[error("the compute service refused plinth's credentials: {0}")]
+    Unauthorized(String),
+    /// The platform has no capacity left for the request (e.g. no free address); trying again
+    /// later may work.
+    #[error("the compute service has no capacity: {0}")]
+    CapacityExhausted(String),
     /// The platform could not be reached or answered 5xx.
     #[error("compute service unavailable")]
     Unavailable(#[source] BoxError),
@@ -122,6 +185,13 @@ pub trait Compute: Send + Sync {
     /// `NotFound` for an unknown subnet; `Unavailable`, `Timeout` or `Unexpected` when the
     /// platform fails.
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError>;
+
+    /// Reads a security group's owner.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown group; `Unavailable`, `Timeout` or `Unexpected` when the
+    /// platform fails.
+    async fn security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup, ComputeError>;
 
     /// Creates a security group with no rules; repeating it with the same idempotency key gives
     /// the same group.
@@ -150,8 +220,8 @@ pub trait Compute: Send + Sync {
     ///
     /// # Errors
     /// `NotFound` for an unknown subnet or group, `Rejected` for a refused flavor or image,
-    /// `Conflict` when the subnet has no free address; `Unavailable`, `Timeout` or `Unexpected`
-    /// when the platform fails, in which case the VM may or may not exist.
+    /// `CapacityExhausted` when the subnet has no free address; `Unavailable`, `Timeout` or
+    /// `Unexpected` when the platform fails, in which case the VM may or may not exist.
     async fn create_vm(&self, vm: &NewVm) -> Result<VmId, ComputeError>;
 
     /// Deletes a VM. Deleting one that is already gone succeeds.

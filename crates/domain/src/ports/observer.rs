@@ -11,6 +11,12 @@ pub trait Observer: Send + Sync {
         let _ = (kind, outcome);
     }
 
+    /// An operation of `kind` failed with a problem of `problem` kind (e.g.
+    /// `compute-misconfigured`, which an operator must fix and wants to be alerted to).
+    fn operation_failed(&self, kind: OperationKind, problem: &str) {
+        let _ = (kind, problem);
+    }
+
     /// How many foundings this replica runs now.
     fn foundings_in_flight(&self, count: usize) {
         let _ = count;

@@ -39,6 +39,17 @@ pub struct NewFounding {
     pub cluster: NewClusterRecord,
     /// The client's idempotency key, kept with the operation when it sent one.
     pub idempotency: Option<IdempotencyClaim>,
+    /// The organization's quotas, checked in the same transaction.
+    pub limits: OrgLimits,
+}
+
+/// What one organization may have at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrgLimits {
+    /// Clusters, whatever their status.
+    pub max_clusters: u32,
+    /// Foundings running at once, across every replica.
+    pub max_foundings_in_flight: u32,
 }
 
 /// A deletion to start.
@@ -187,11 +198,14 @@ pub struct FoundingRows {
 pub trait Operations: Send + Sync {
     /// Commits the operation (running, leased), the `provisioning` cluster row and the
     /// idempotency key, if any, together. An expired key of the same organization is replaced.
+    /// The organization's quotas are checked in the same transaction, one founding of an
+    /// organization at a time, so concurrent foundings cannot overshoot them.
     ///
     /// # Errors
     /// `IdempotencyKeyTaken` when the organization's key stands for another operation (checked
-    /// before the name), `Conflict` when the name is taken in the organization (nothing is
-    /// written in either case), or `Unavailable`.
+    /// first), `QuotaExceeded` when the organization has `limits.max_clusters` clusters or
+    /// `limits.max_foundings_in_flight` running foundings, `Conflict` when the name is taken in
+    /// the organization (nothing is written in any of these cases), or `Unavailable`.
     async fn begin_founding(&self, founding: &NewFounding) -> Result<(), RepoError>;
 
     /// Extends the lease by `lease_for` from now (the database's clock) and notes the step the

@@ -133,6 +133,21 @@ pub struct BootstrapMaterial {
     pub bootstrap_token_first_used_at: Option<OffsetDateTime>,
 }
 
+/// A node's bootstrap token as stored: all a fetch checks before anything is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapTokenRecord {
+    /// The node's cluster.
+    pub cluster: ClusterId,
+    /// The node.
+    pub node: NodeName,
+    /// The token's hash.
+    pub hash: BootstrapTokenHash,
+    /// When it stops working.
+    pub expires_at: OffsetDateTime,
+    /// When a bundle was first handed out for it.
+    pub first_used_at: Option<OffsetDateTime>,
+}
+
 /// One certificate of a cluster, public part only, for expiry reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedCertificate {
@@ -221,6 +236,24 @@ pub struct ClusterPage {
     pub next: Option<PageCursor>,
 }
 
+/// What an organization may have at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Clusters, whatever their status.
+    Clusters,
+    /// Foundings running at once, across every replica.
+    FoundingsInFlight,
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Clusters => "clusters",
+            Self::FoundingsInFlight => "foundings in flight",
+        })
+    }
+}
+
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -238,6 +271,14 @@ pub enum RepoError {
     /// started at the same time, say): answer from that one.
     #[error("the idempotency key is taken")]
     IdempotencyKeyTaken,
+    /// The organization is at one of its quotas (nothing was written).
+    #[error("the organization's quota of {limit} {quota} is reached")]
+    QuotaExceeded {
+        /// Which quota.
+        quota: Quota,
+        /// Its limit.
+        limit: u32,
+    },
     /// The operation is no longer this replica's: its lease expired and another replica took
     /// it over (or it ended). The caller must stop working on it.
     #[error("the operation's lease is no longer held by this replica")]
@@ -304,6 +345,16 @@ pub trait Repo: Send + Sync {
         org: &OrgId,
         cluster: ClusterId,
     ) -> Result<Option<CertifiedKey>, RepoError>;
+
+    /// The node whose current bootstrap token hashes to `token`, if any: one indexed read,
+    /// nothing opened, so that a wrong token costs no more than that.
+    ///
+    /// # Errors
+    /// `Unavailable`, or `Unexpected` for a row that cannot be read back.
+    async fn bootstrap_token(
+        &self,
+        token: &BootstrapTokenHash,
+    ) -> Result<Option<BootstrapTokenRecord>, RepoError>;
 
     /// Notes that a bundle was handed out for `node`'s token `token` (the first time only; a
     /// token replaced meanwhile is left alone).

@@ -45,6 +45,24 @@ fn the_documented_defaults_and_a_minimal_overlay_load() {
 }
 
 #[test]
+fn the_configuration_debugs_none_of_its_secrets() {
+    let config = load_overlay(
+        "[dns]\nmode = \"powerdns\"\n[dns.powerdns]\napi_url = \"http://127.0.0.1:8081\"\n\
+         api_key = \"pdns-api-key\"\n",
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    for secret in [
+        "u:p@",
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        "compute-token",
+        "pdns-api-key",
+    ] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+}
+
+#[test]
 fn a_bad_value_names_its_key_and_the_reason() {
     for (overlay, key, reason) in [
         (
@@ -136,4 +154,255 @@ fn a_master_key_of_the_wrong_length_stops_start_up() {
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(err.key, "master_keys.keys");
     assert!(err.reason.contains("AES-256 needs exactly 32"), "{err}");
+}
+
+/// PEM files in a scratch directory: a CA, a serving certificate for 127.0.0.1 it signed (with
+/// its PKCS#8 key and the same key as SEC1), and another CA's key.
+struct TlsFiles {
+    dir: PathBuf,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    sec1_key: PathBuf,
+    other_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn make() -> Self {
+        use p256::pkcs8::DecodePrivateKey as _;
+        use plinth_domain::model::{ClusterId, SubjectAltNames};
+        use plinth_domain::ports::pki::{Pki as _, ServingCertRequest};
+        let pki = plinth_x509_pki::X509Pki::new(plinth_x509_pki::PkiSettings::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ca, other, serving) = runtime.block_on(async {
+            let ca = pki
+                .create_cluster_ca(ClusterId::new_random())
+                .await
+                .unwrap()
+                .root;
+            let other = pki
+                .create_cluster_ca(ClusterId::new_random())
+                .await
+                .unwrap()
+                .root;
+            let request = ServingCertRequest {
+                common_name: "plinth".into(),
+                sans: SubjectAltNames {
+                    dns_names: vec![],
+                    ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                },
+                client_auth: false,
+            };
+            let serving = pki.sign_serving_cert(&ca, &request).await.unwrap();
+            (ca, other, serving)
+        });
+        let sec1 = p256::SecretKey::from_pkcs8_pem(serving.key_pem.expose())
+            .unwrap()
+            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let dir = dir_with("");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Self {
+            ca_cert: write("ca.crt", &ca.cert_pem),
+            ca_key: write("ca.key", ca.key_pem.expose()),
+            cert: write("tls.crt", &format!("{}{}", serving.cert_pem, ca.cert_pem)),
+            key: write("tls.key", serving.key_pem.expose()),
+            sec1_key: write("tls-sec1.key", &sec1),
+            other_key: write("other.key", other.key_pem.expose()),
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn an_http_bootstrap_url_stops_start_up_unless_insecure_bootstrap_is_allowed() {
+    let http = "[founding]\nbootstrap_base_url = \"http://10.0.0.1:8080\"\n";
+    let err = load_overlay(http).unwrap_err();
+    assert_eq!(err.key, "founding.bootstrap_base_url", "{err}");
+    assert!(err.reason.contains("plain http"), "{err}");
+    assert!(err.reason.contains("allow_insecure_bootstrap"), "{err}");
+    let config = load_overlay(&format!("{http}allow_insecure_bootstrap = true\n")).unwrap();
+    assert_eq!(
+        config.founding.bootstrap_base_url.as_str(),
+        "http://10.0.0.1:8080"
+    );
+    // The documented default is https, with nothing pinned and no TLS listener.
+    let config = load_overlay("").unwrap();
+    assert!(config.founding.bootstrap_base_url.is_https());
+    assert!(config.founding.bootstrap_ca.is_none());
+    assert!(config.tls.is_none() && config.bootstrap_listen.is_none());
+}
+
+#[test]
+fn half_a_tls_pair_stops_start_up_naming_the_missing_key() {
+    let files = TlsFiles::make();
+    let (cert, key) = (files.cert.display(), files.key.display());
+    for (overlay, missing) in [
+        (
+            format!("[server]\ntls_cert_file = \"{cert}\"\n"),
+            "server.tls_key_file",
+        ),
+        (
+            format!("[server]\ntls_key_file = \"{key}\"\n"),
+            "server.tls_cert_file",
+        ),
+        (
+            "[server]\nbootstrap_listen = \"127.0.0.1:8443\"\n".to_owned(),
+            "server.bootstrap_tls_cert_file",
+        ),
+        (
+            format!(
+                "[server]\nbootstrap_listen = \"127.0.0.1:8443\"\nbootstrap_tls_cert_file = \"{cert}\"\n"
+            ),
+            "server.bootstrap_tls_key_file",
+        ),
+        (
+            format!(
+                "[server]\nbootstrap_listen = \"127.0.0.1:8443\"\nbootstrap_tls_key_file = \"{key}\"\n"
+            ),
+            "server.bootstrap_tls_cert_file",
+        ),
+        (
+            format!(
+                "[server]\nbootstrap_tls_cert_file = \"{cert}\"\nbootstrap_tls_key_file = \"{key}\"\n"
+            ),
+            "server.bootstrap_listen",
+        ),
+        (
+            format!(
+                "[server]\nbootstrap_listen = \"127.0.0.1:8080\"\nbootstrap_tls_cert_file = \"{cert}\"\nbootstrap_tls_key_file = \"{key}\"\n"
+            ),
+            "server.bootstrap_listen",
+        ),
+    ] {
+        let err = load_overlay(&overlay).unwrap_err();
+        assert_eq!(err.key, missing, "{overlay}: {err}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_the_pem_it_should_be_is_refused_naming_its_key() {
+    let files = TlsFiles::make();
+    let garbage = files.dir.join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let missing = files.dir.join("missing.pem");
+    let pair = |cert: &Path, key: &Path| {
+        format!(
+            "[server]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let pinned = |ca: &Path| {
+        format!(
+            "[founding]\nbootstrap_base_url = \"https://10.0.0.1:8443\"\nbootstrap_ca_file = \"{}\"\n",
+            ca.display()
+        )
+    };
+    for (overlay, key, reason) in [
+        (
+            pair(&garbage, &files.key),
+            "server.tls_cert_file",
+            "no PEM certificate",
+        ),
+        (
+            pair(&files.key, &files.key),
+            "server.tls_cert_file",
+            "no PEM certificate",
+        ),
+        (
+            pair(&missing, &files.key),
+            "server.tls_cert_file",
+            "cannot read",
+        ),
+        (
+            pair(&files.cert, &garbage),
+            "server.tls_key_file",
+            "no PEM private key",
+        ),
+        (
+            pair(&files.cert, &files.cert),
+            "server.tls_key_file",
+            "no PEM private key",
+        ),
+        (
+            pair(&files.cert, &files.other_key),
+            "server.tls_key_file",
+            "cannot serve",
+        ),
+        (
+            format!(
+                "[server]\nbootstrap_listen = \"127.0.0.1:8443\"\nbootstrap_tls_cert_file = \"{}\"\nbootstrap_tls_key_file = \"{}\"\n",
+                files.cert.display(),
+                garbage.display()
+            ),
+            "server.bootstrap_tls_key_file",
+            "no PEM private key",
+        ),
+        (pinned(&garbage), "founding.bootstrap_ca_file", "not PEM"),
+        (
+            pinned(&files.ca_key),
+            "founding.bootstrap_ca_file",
+            "private key",
+        ),
+        (
+            pinned(&missing),
+            "founding.bootstrap_ca_file",
+            "cannot read",
+        ),
+        (
+            format!(
+                "[founding]\nbootstrap_base_url = \"http://10.0.0.1:8080\"\nallow_insecure_bootstrap = true\nbootstrap_ca_file = \"{}\"\n",
+                files.ca_cert.display()
+            ),
+            "founding.bootstrap_ca_file",
+            "https://",
+        ),
+    ] {
+        let err = load_overlay(&overlay).unwrap_err();
+        assert_eq!(err.key, key, "{overlay}: {err}");
+        assert!(err.reason.contains(reason), "{overlay}: {err}");
+    }
+}
+
+#[test]
+fn tls_listeners_and_a_pinned_ca_load_and_debug_no_key() {
+    let files = TlsFiles::make();
+    for key in [&files.key, &files.sec1_key] {
+        let config = load_overlay(&format!(
+            "[server]\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n\
+             bootstrap_listen = \"127.0.0.1:8443\"\nbootstrap_tls_cert_file = \"{cert}\"\n\
+             bootstrap_tls_key_file = \"{key}\"\n\
+             [founding]\nbootstrap_base_url = \"https://127.0.0.1:8443\"\n\
+             bootstrap_ca_file = \"{ca}\"\n",
+            cert = files.cert.display(),
+            key = key.display(),
+            ca = files.ca_cert.display(),
+        ))
+        .unwrap();
+        assert!(config.tls.is_some());
+        let bootstrap = config.bootstrap_listen.as_ref().unwrap();
+        assert_eq!(bootstrap.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(
+            config.founding.bootstrap_ca.as_ref().unwrap().as_pem(),
+            std::fs::read_to_string(&files.ca_cert).unwrap()
+        );
+        let debug = format!("{config:?}");
+        let key_pem = std::fs::read_to_string(key).unwrap();
+        let key_body = key_pem.lines().nth(1).unwrap();
+        assert!(!debug.contains(key_body), "the key in {debug}");
+    }
 }

@@ -66,6 +66,20 @@ fn lenient_use_case(
         Ok(())
     });
     let mut compute = MockCompute::new();
+    compute.expect_subnet().returning(|id| {
+        Ok(Subnet {
+            id: id.clone(),
+            ipv4_cidr: "127.10.0.0/24".parse().unwrap(),
+            ipv6_cidr: None,
+            owner: ResourceOwner::Shared,
+        })
+    });
+    compute.expect_security_group().returning(|id| {
+        Ok(SecurityGroup {
+            id: id.clone(),
+            owner: ResourceOwner::Org(org()),
+        })
+    });
     compute.expect_create_vm().returning(|_| Ok(vm_id(1)));
     let mut compute = StagedCompute::new(compute);
     compute.gate = Some(gate);

@@ -1,0 +1,1 @@
+DROP INDEX apiservernodes_token_hash_idx;
