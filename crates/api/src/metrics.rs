@@ -44,6 +44,13 @@ pub struct Metrics {
     /// The storage adapter's own counts, copied in at each scrape.
     keys_opened: IntCounter,
     queries: IntCounter,
+    /// The PKI adapter's key pools, copied in at each scrape: misses and keys held.
+    sa_pool_misses: IntCounter,
+    sa_pool_keys: IntGauge,
+    cert_pool_misses: IntCounter,
+    cert_pool_keys: IntGauge,
+    /// Which pools those are (the ones the running service made).
+    key_pools: std::sync::Mutex<plinth_x509_pki::KeyPoolsWatch>,
     /// Scrapes copy those in one at a time, so two at once never add a difference twice.
     copying: std::sync::Mutex<()>,
 }
@@ -133,6 +140,22 @@ impl Metrics {
             "plinth_foundings_in_flight",
             "Foundings this replica runs now.",
         );
+        let sa_pool_misses = IntCounter::new(
+            "plinth_sa_key_pool_misses_total",
+            "Service-account keys asked of an empty pool, and generated on the request's path.",
+        );
+        let sa_pool_keys = IntGauge::new(
+            "plinth_sa_key_pool_keys",
+            "Service-account keys made ahead of demand and waiting (pki.service_account_key_pool_size at most).",
+        );
+        let cert_pool_misses = IntCounter::new(
+            "plinth_cert_key_pool_misses_total",
+            "RSA certificate keys asked of an empty pool, and generated on the request's path.",
+        );
+        let cert_pool_keys = IntGauge::new(
+            "plinth_cert_key_pool_keys",
+            "RSA certificate keys made ahead of demand and waiting (pki.key_pool_size at most).",
+        );
         // The names and label sets above are fixed and valid, and each is registered once.
         let (
             Ok(requests),
@@ -147,6 +170,10 @@ impl Metrics {
             Ok(in_flight),
             Ok(keys_opened),
             Ok(queries),
+            Ok(sa_pool_misses),
+            Ok(sa_pool_keys),
+            Ok(cert_pool_misses),
+            Ok(cert_pool_keys),
         ) = (
             requests,
             latencies,
@@ -160,6 +187,10 @@ impl Metrics {
             in_flight,
             keys_opened,
             queries,
+            sa_pool_misses,
+            sa_pool_keys,
+            cert_pool_misses,
+            cert_pool_keys,
         )
         else {
             unreachable!("the metric definitions are constant and valid")
@@ -177,6 +208,10 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(keys_opened.clone()),
             Box::new(queries.clone()),
+            Box::new(sa_pool_misses.clone()),
+            Box::new(sa_pool_keys.clone()),
+            Box::new(cert_pool_misses.clone()),
+            Box::new(cert_pool_keys.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::error!(error = %e, "registering a metric failed");
@@ -196,6 +231,11 @@ impl Metrics {
             in_flight,
             keys_opened,
             queries,
+            sa_pool_misses,
+            sa_pool_keys,
+            cert_pool_misses,
+            cert_pool_keys,
+            key_pools: std::sync::Mutex::default(),
             copying: std::sync::Mutex::default(),
         }
     }
@@ -237,14 +277,30 @@ impl Metrics {
         std::sync::Arc::new(MetricsObserver)
     }
 
+    /// Reports on these key pools from now on (the running service's; the last one set wins).
+    pub fn watch_key_pools(&self, pools: plinth_x509_pki::KeyPoolsWatch) {
+        *self.key_pools.lock().unwrap_or_else(|e| e.into_inner()) = pools;
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let copying = self.copying.lock().unwrap_or_else(|e| e.into_inner());
+        let pools = self
+            .key_pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (sa, cert) = (pools.service_account(), pools.certificates());
         for (counter, now) in [
             (&self.keys_opened, plinth_diesel_pg::private_keys_opened()),
             (&self.queries, plinth_diesel_pg::queries_sent()),
+            (&self.sa_pool_misses, sa.map_or(0, |p| p.misses)),
+            (&self.cert_pool_misses, cert.map_or(0, |p| p.misses)),
         ] {
             counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        for (gauge, now) in [(&self.sa_pool_keys, sa), (&self.cert_pool_keys, cert)] {
+            gauge.set(now.map_or(0, |p| i64::try_from(p.available).unwrap_or(i64::MAX)));
         }
         drop(copying);
         let mut out = Vec::new();

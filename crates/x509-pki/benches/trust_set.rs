@@ -3,7 +3,8 @@
 //! alone. The set is what a founding makes: the root CA and its 2 intermediates, the
 //! service-account key pair, per node an etcd, an apiserver and a kubelet client certificate,
 //! the 6 client certificates every node shares, and the admin client certificate — 20 key pairs
-//! and 19 signatures.
+//! and 19 signatures. "Pool warm": the RSA service-account key comes from a full key pool, as a
+//! founding's does when the service is not saturated (the pool refills between runs, untimed).
 //!
 //! `cargo bench -p plinth-x509-pki` (or `make bench`). Numbers go to docs/BENCHMARKS.md.
 
@@ -19,17 +20,18 @@ use plinth_domain::model::{
 };
 use plinth_domain::ports::pki::{ClientCertRequest, ServingCertRequest, SharedClientCert};
 use plinth_x509_pki::{
-    KeyAlgorithm, PkiSettings, create_cluster_ca, create_service_account_key, sign_client_cert,
-    sign_serving_cert,
+    KeyAlgorithm, KeySource, PkiSettings, create_cluster_ca_from as create_cluster_ca,
+    create_service_account_key_from as create_service_account_key,
+    sign_client_cert_from as sign_client_cert, sign_serving_cert_from as sign_serving_cert,
 };
 
 /// Everything one founding of a 3-node cluster signs or generates.
-fn founding_trust_set(settings: &PkiSettings) {
+fn founding_trust_set(settings: &PkiSettings, keys: &KeySource) {
     let cluster = ClusterId::new_random();
     let names = ClusterDnsNames::new(cluster, &DnsZone::parse("k8s.example").unwrap());
     let networking = Networking::default();
-    let ca = create_cluster_ca(settings, cluster).unwrap();
-    let _sa = create_service_account_key(settings).unwrap();
+    let ca = create_cluster_ca(settings, keys, cluster).unwrap();
+    let _sa = create_service_account_key(settings, keys).unwrap();
     for n in 1..=3u8 {
         let name = NodeName::new(cluster, NodeOrdinal::new(n).unwrap());
         let addresses = NodeAddresses {
@@ -42,35 +44,42 @@ fn founding_trust_set(settings: &PkiSettings) {
             sans: etcd_sans(&name, &addresses),
             client_auth: true,
         };
-        sign_serving_cert(settings, &ca.etcd, &etcd).unwrap();
+        sign_serving_cert(settings, keys, &ca.etcd, &etcd).unwrap();
         let apiserver = ServingCertRequest {
             common_name: "kube-apiserver".to_owned(),
             sans: apiserver_sans(&name, &names.control_plane, &networking, &addresses),
             client_auth: false,
         };
-        sign_serving_cert(settings, &ca.root, &apiserver).unwrap();
+        sign_serving_cert(settings, keys, &ca.root, &apiserver).unwrap();
         let kubelet = ClientCertRequest {
             common_name: format!("system:node:{name}"),
             organizations: vec!["system:nodes".to_owned()],
             not_after: None,
         };
-        sign_client_cert(settings, &ca.root, &kubelet).unwrap();
+        sign_client_cert(settings, keys, &ca.root, &kubelet).unwrap();
     }
     for shared in SharedClientCert::ALL {
-        sign_client_cert(settings, ca.get(shared.issuer()), &shared.request()).unwrap();
+        sign_client_cert(settings, keys, ca.get(shared.issuer()), &shared.request()).unwrap();
     }
     let admin = ClientCertRequest {
         common_name: "kubernetes-admin".to_owned(),
         organizations: vec!["system:masters".to_owned()],
         not_after: None,
     };
-    sign_client_cert(settings, &ca.root, &admin).unwrap();
+    sign_client_cert(settings, keys, &ca.root, &admin).unwrap();
 }
 
-fn measure(label: &str, runs: usize, mut work: impl FnMut()) {
+fn measure(label: &str, runs: usize, work: impl FnMut()) {
+    measure_after(label, runs, || {}, work);
+}
+
+/// [`measure`], running `before` (untimed) before each run.
+fn measure_after(label: &str, runs: usize, mut before: impl FnMut(), mut work: impl FnMut()) {
+    before();
     work(); // warm-up
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
+            before();
             let started = Instant::now();
             work();
             started.elapsed()
@@ -96,16 +105,30 @@ fn main() {
         key_algorithm: KeyAlgorithm::Rsa2048,
         ..PkiSettings::default()
     };
+    let inline = KeySource::inline();
     println!("plinth-x509-pki: founding trust material, one thread");
     measure(
         "3-node trust set, ECDSA P-256 keys (+ RSA-2048 SA key)",
         40,
-        || founding_trust_set(&p256),
+        || founding_trust_set(&p256, &inline),
     );
+    let pooled = KeySource::pooled(&p256).unwrap();
+    measure_after(
+        "3-node trust set, defaults, pool warm",
+        200,
+        || {
+            assert!(
+                pooled.wait_full(Duration::from_secs(60)),
+                "the pool did not fill"
+            )
+        },
+        || founding_trust_set(&p256, &pooled),
+    );
+    drop(pooled);
     measure(
         "3-node trust set, RSA-2048 keys (+ RSA-2048 SA key)",
         15,
-        || founding_trust_set(&rsa),
+        || founding_trust_set(&rsa, &inline),
     );
     measure("RSA-2048 key generation alone", 60, || {
         rsa::PrivateKey::new(&mut rand::rng(), 2048).unwrap();
@@ -117,6 +140,6 @@ fn main() {
     measure(
         "3-node trust set, all ECDSA P-256 (SA key too)",
         200,
-        || founding_trust_set(&p256_only),
+        || founding_trust_set(&p256_only, &inline),
     );
 }

@@ -37,6 +37,11 @@ impl KeyAlgorithm {
     /// The names configuration accepts.
     pub const NAMES: [&'static str; 4] = ["ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096"];
 
+    /// Whether it is one of the RSA sizes (whose keys take tens of milliseconds to make).
+    pub fn is_rsa(self) -> bool {
+        !matches!(self, Self::EcdsaP256)
+    }
+
     /// The configuration name.
     pub fn name(self) -> &'static str {
         match self {

@@ -25,6 +25,11 @@ pub struct PkiSettings {
     /// How far notBefore lies in the past, for clients whose clocks run behind: 5 minutes.
     #[serde(skip)]
     pub backdate: Duration,
+    /// Service-account keys made ahead of demand when their algorithm is RSA: 8 by default;
+    /// 0 makes every key on the request's path.
+    pub service_account_key_pool_size: usize,
+    /// The same for CA and leaf keys when `key_algorithm` is RSA (a 3-node founding takes 20).
+    pub key_pool_size: usize,
 }
 
 fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -41,6 +46,8 @@ impl Default for PkiSettings {
             ca_validity: DAY * 3650,
             leaf_validity: DAY * 365,
             backdate: Duration::from_secs(5 * 60),
+            service_account_key_pool_size: 8,
+            key_pool_size: 40,
         }
     }
 }
@@ -60,7 +67,18 @@ pub enum PkiSettingsError {
     /// notBefore further back than a day helps no clock and widens the window for misuse.
     #[error("backdate must be at most 1 day")]
     Backdate,
+    /// A pool larger than any burst it could serve, holding that many private keys in memory.
+    #[error("{setting} must be at most {max}")]
+    PoolSize {
+        /// The setting's name.
+        setting: &'static str,
+        /// The largest size accepted.
+        max: usize,
+    },
 }
+
+/// The most keys one pool may hold.
+pub const MAX_KEY_POOL_SIZE: usize = 1024;
 
 impl PkiSettings {
     /// Checks the settings make sense together.
@@ -82,6 +100,20 @@ impl PkiSettings {
         if self.backdate > DAY {
             return Err(PkiSettingsError::Backdate);
         }
+        for (setting, size) in [
+            (
+                "service_account_key_pool_size",
+                self.service_account_key_pool_size,
+            ),
+            ("key_pool_size", self.key_pool_size),
+        ] {
+            if size > MAX_KEY_POOL_SIZE {
+                return Err(PkiSettingsError::PoolSize {
+                    setting,
+                    max: MAX_KEY_POOL_SIZE,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -95,6 +127,7 @@ impl PkiSettings {
                 PkiSettingsError::Lifetime { setting } => *setting,
                 PkiSettingsError::LeafOutlivesCa => "leaf_validity_days",
                 PkiSettingsError::Backdate => "backdate",
+                PkiSettingsError::PoolSize { setting, .. } => *setting,
             };
             SettingsError::new(key, e)
         })

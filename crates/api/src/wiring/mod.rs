@@ -168,7 +168,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     let compute = Arc::new(
         HttpCompute::new(config.compute.clone()).context("setting up the compute client")?,
     );
-    let pki = Arc::new(X509Pki::new(config.pki.clone()).context("setting up the PKI")?);
+    let pki = Arc::new(X509Pki::with_key_pools(config.pki.clone()).context("setting up the PKI")?);
+    crate::metrics::metrics().watch_key_pools(pki.keys().watch());
     let dns = dns(config).await?;
     let authenticator = Authenticator::start(config.auth.clone())
         .await
