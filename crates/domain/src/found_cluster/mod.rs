@@ -23,7 +23,7 @@ mod tests;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{join_all, try_join_all};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -560,14 +560,15 @@ impl FoundCluster {
     /// sealed with the cluster row.
     async fn create_trust_root(&self, f: &Founding) -> Result<ClusterCa, FoundingFailure> {
         let pki = &self.ports.pki;
-        let ca = pki
-            .create_cluster_ca(f.cluster_id)
-            .await
-            .map_err(FoundingFailure::CreateCa)?;
-        let service_account: ServiceAccountKeyPair = pki
-            .create_service_account_key()
-            .await
-            .map_err(FoundingFailure::CreateServiceAccountKey)?;
+        // Side by side: when the signer's key is not ready-made, its RSA prime search takes a
+        // core of its own while the CAs are made on another.
+        let (ca, service_account) = futures::join!(
+            pki.create_cluster_ca(f.cluster_id),
+            pki.create_service_account_key()
+        );
+        let ca = ca.map_err(FoundingFailure::CreateCa)?;
+        let service_account: ServiceAccountKeyPair =
+            service_account.map_err(FoundingFailure::CreateServiceAccountKey)?;
         self.ports
             .operations
             .store_trust_root(&f.lease, f.cluster_id, &ca, &service_account)
@@ -651,15 +652,17 @@ impl FoundCluster {
                     subnet.ipv6_cidr,
                     self.settings.networking.api_server_port(),
                 );
-                for rule in &rules {
+                // The rules do not depend on one another: one round trip's time for all.
+                try_join_all(rules.iter().map(|rule| async {
                     compute
                         .add_ingress_rule(&group, rule)
                         .await
                         .map_err(|source| FoundingFailure::AddIngressRule {
                             group: group.clone(),
                             source,
-                        })?;
-                }
+                        })
+                }))
+                .await?;
                 ClusterSecurityGroups {
                     attached: vec![group.clone()],
                     created: Some(group),

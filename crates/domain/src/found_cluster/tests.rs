@@ -725,7 +725,8 @@ fn mocks(s: &Scenario) -> Mocks {
                 _ => Ok(cluster_ca()),
             });
     }
-    if s.reached(FailAt::CreateServiceAccountKey) {
+    // Asked for side by side with the CA: a failing CA does not spare it.
+    if s.reached(FailAt::CreateCa) {
         pki.expect_create_service_account_key()
             .times(1)
             .in_sequence(&mut seq)
