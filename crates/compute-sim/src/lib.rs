@@ -3,8 +3,8 @@
 //!
 //! VM rows, with their addresses, are committed before `POST /v1/vms` answers — the `vms` table
 //! plinth reads back during a founding. Private IPv4 comes from the subnet, IPv6 from its /64,
-//! public IPv4 from a pool; the default subnet `subnet-local` (127.10.0.0/24, fd00:10::/64,
-//! public pool 127.20.0.0/24) hands out loopback addresses a test can bind to. Creating a VM or a
+//! public IPv4 from a pool; the default subnet `subnet-local` (127.10.0.0/16, fd00:10::/64,
+//! public pool 127.20.0.0/16) hands out loopback addresses a test can bind to. Creating a VM or a
 //! security group takes an `Idempotency-Key` (a retry gets the same resource), and both can be
 //! listed by tag. Latency and failures can be injected per operation, at start and through
 //! `/admin/faults`.
@@ -75,17 +75,18 @@ fn default_workers() -> usize {
     2
 }
 
-/// `subnet-local`: 127.10.0.0/24, fd00:10::/64, public pool 127.20.0.0/24 — all loopback;
-/// shared by every organization.
+/// `subnet-local`: 127.10.0.0/16, fd00:10::/64, public pool 127.20.0.0/16 — all loopback (any
+/// 127.x address is usable on Linux), room for about 21,000 three-node clusters; shared by every
+/// organization.
 pub fn default_subnets() -> Vec<SubnetSeed> {
     vec![SubnetSeed {
         id: "subnet-local".into(),
-        ipv4_cidr: ipnet::Ipv4Net::new_assert([127, 10, 0, 0].into(), 24),
+        ipv4_cidr: ipnet::Ipv4Net::new_assert([127, 10, 0, 0].into(), 16),
         ipv6_cidr: Some(ipnet::Ipv6Net::new_assert(
             [0xfd00, 0x10, 0, 0, 0, 0, 0, 0].into(),
             64,
         )),
-        public_pool: Some(ipnet::Ipv4Net::new_assert([127, 20, 0, 0].into(), 24)),
+        public_pool: Some(ipnet::Ipv4Net::new_assert([127, 20, 0, 0].into(), 16)),
         owner: store::SHARED.to_owned(),
     }]
 }

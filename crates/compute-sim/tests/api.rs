@@ -218,7 +218,7 @@ async fn subnets_groups_and_rules() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         subnet,
-        json!({"id": "subnet-local", "ipv4_cidr": "127.10.0.0/24", "ipv6_cidr": "fd00:10::/64", "owner": "shared"})
+        json!({"id": "subnet-local", "ipv4_cidr": "127.10.0.0/16", "ipv6_cidr": "fd00:10::/64", "owner": "shared"})
     );
     let (status, _) = sim.call(Method::GET, "/v1/subnets/none", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -173,7 +173,7 @@ async fn subnet_lookup() {
         .subnet(&SubnetId::parse("subnet-local").unwrap())
         .await
         .unwrap();
-    assert_eq!(subnet.ipv4_cidr.to_string(), "127.10.0.0/24");
+    assert_eq!(subnet.ipv4_cidr.to_string(), "127.10.0.0/16");
     assert_eq!(subnet.ipv6_cidr.unwrap().to_string(), "fd00:10::/64");
     assert_eq!(subnet.owner, ResourceOwner::Shared);
     let subnet = f
