@@ -3,14 +3,14 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: help test lint fmt run token bench clean
+.PHONY: help test lint fmt run token bench bench-load clean
 
 # `make token ORG=...`: which organization, and the local stack's directory (as `make run`'s).
 ORG ?= dev-org
 PLINTH_DEV_DIR ?= .dev
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 test: ## every test: installs etcd/PowerDNS/dig when missing, starts a throwaway PostgreSQL, and checks `make run`
 	scripts/test-deps.sh
@@ -37,6 +37,9 @@ token: ## a token for organization ORG on the `make run` stack: make token ORG=o
 
 bench: ## benchmarks that print their numbers (see docs/BENCHMARKS.md)
 	scripts/with-test-services.sh $(CARGO) bench --workspace --all-features
+
+bench-load: ## a load benchmark of foundings on the local stack; prints numbers (scripts/bench-load.sh)
+	scripts/bench-load.sh
 
 clean: ## build output and the local stack's state
 	$(CARGO) clean

@@ -13,6 +13,12 @@
 # COMPUTE_PORT (8081), PLINTH_PG_PORT (55432),
 # PLINTH_PDNS_DNS_PORT (15353), PLINTH_PDNS_API_PORT (18081), DNS_ZONE (k8s.plinth.test),
 # PLINTH_DEV_DIR (.dev), PLINTH_DEV_ORG (dev-org).
+#
+# PLINTH_PROFILE: `debug` (the default) or `release` (`cargo build --release`, and the binaries
+# under target/release; scripts/bench-load.sh uses it). Any other PLINTH__<SECTION>__<KEY> (e.g.
+# PLINTH__LIMITS__MAX_CLUSTERS_PER_ORG) and COMPUTE_SIM__<KEY> (e.g.
+# COMPUTE_SIM__FAULTS__CREATE_VM__LATENCY_MS) in the caller's environment reach plinth and the
+# compute service as they are; the ones this script sets below take precedence.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +32,13 @@ compute_port=${COMPUTE_PORT:-8081}
 zone=${DNS_ZONE:-k8s.plinth.test}
 org=${PLINTH_DEV_ORG:-dev-org}
 compute_token=dev-compute-token
+profile=${PLINTH_PROFILE:-debug}
+case "$profile" in
+  debug) build_flags=() ;;
+  release) build_flags=(--release) ;;
+  *) echo "run: PLINTH_PROFILE must be debug or release, not '$profile'" >&2; exit 2 ;;
+esac
+bin=target/$profile
 export PLINTH_PG_DIR=$dev/pg PLINTH_PG_PORT=${PLINTH_PG_PORT:-55432}
 export PLINTH_PDNS_DIR=$dev/pdns PLINTH_PDNS_DNS_PORT=${PLINTH_PDNS_DNS_PORT:-15353}
 export PLINTH_PDNS_API_PORT=${PLINTH_PDNS_API_PORT:-18081} PLINTH_PDNS_API_KEY=dev-pdns-key
@@ -64,7 +77,7 @@ wait_for() { # wait_for URL PID LOG SECONDS
 }
 
 say "building plinth and the compute service"
-cargo build --quiet --bins -p plinth-api -p plinth-compute-sim
+cargo build --quiet "${build_flags[@]}" --bins -p plinth-api -p plinth-compute-sim
 
 # PostgreSQL (the platform database: plinth's tables and the compute service's).
 scripts/pg.sh status || started_pg=1
@@ -102,7 +115,7 @@ database_url="postgres://plinth:plinth@127.0.0.1:$PLINTH_PG_PORT/plinth"
 # The compute service.
 COMPUTE_SIM__LISTEN="127.0.0.1:$compute_port" COMPUTE_SIM__DATABASE_URL="$database_url" \
 COMPUTE_SIM__TOKEN="$compute_token" \
-  target/debug/plinth-compute-sim --config config/compute-sim.toml >"$dev/compute-sim.log" 2>&1 &
+  "$bin"/plinth-compute-sim --config config/compute-sim.toml >"$dev/compute-sim.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$compute_port/healthz" "${pids[-1]}" "$dev/compute-sim.log" 60
 
@@ -138,14 +151,14 @@ export PLINTH__SERVER__BOOTSTRAP_TLS_KEY_FILE="$dev/bootstrap.key"
 export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="https://127.0.0.1:$bootstrap_port"
 export PLINTH__FOUNDING__BOOTSTRAP_CA_FILE="$dev/bootstrap-ca.crt"
 # The dev key's public half as an identity provider publishes it.
-target/debug/plinth dev-jwks > "$dev/jwks.json.next"
+"$bin"/plinth dev-jwks > "$dev/jwks.json.next"
 mv "$dev/jwks.json.next" "$dev/jwks.json"
-target/debug/plinth serve >"$dev/plinth.log" 2>&1 &
+"$bin"/plinth serve >"$dev/plinth.log" 2>&1 &
 pids+=($!)
 plinth_pid=${pids[-1]}
 wait_for "http://127.0.0.1:$plinth_port/readyz" "$plinth_pid" "$dev/plinth.log" 120
 
-target/debug/plinth dev-token --org "$org" > "$dev/token"
+"$bin"/plinth dev-token --org "$org" > "$dev/token"
 {
   echo "PLINTH_URL=http://127.0.0.1:$plinth_port"
   echo "BOOTSTRAP_URL=https://127.0.0.1:$bootstrap_port"
