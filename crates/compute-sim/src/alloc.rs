@@ -1,4 +1,6 @@
-//! Address allocation: the lowest free address of a range, never a reserved one.
+//! Address allocation, never a reserved address: the one after the highest in use while a range
+//! fills from the bottom up (`next_*`, from one index lookup), else the lowest free (`free_*`,
+//! from every address in use).
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -34,6 +36,32 @@ pub fn free_subnet_ipv6(subnet: Ipv6Net, used: &HashSet<Ipv6Addr>) -> Option<Ipv
         .take_while(|ip| *ip <= last)
         .map(Ipv6Addr::from)
         .find(|ip| !used.contains(ip))
+}
+
+/// The private IPv4 after `highest` (the subnet's highest address in use; none: the first host),
+/// if the subnet has one: the quick answer while a subnet fills from the bottom up.
+pub fn next_subnet_ipv4(subnet: Ipv4Net, highest: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let first = u32::from(subnet.network()).checked_add(2)?;
+    let last = u32::from(subnet.broadcast()).checked_sub(1)?;
+    let next = highest.map_or(Some(first), |h| u32::from(h).checked_add(1))?;
+    (first..=last).contains(&next).then(|| Ipv4Addr::from(next))
+}
+
+/// The pool address after `highest` (none: the first), if the pool has one.
+pub fn next_pool_ipv4(pool: Ipv4Net, highest: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let first = u32::from(pool.network()).checked_add(1)?;
+    let last = u32::from(pool.broadcast()).checked_sub(1)?;
+    let next = highest.map_or(Some(first), |h| u32::from(h).checked_add(1))?;
+    (first..=last).contains(&next).then(|| Ipv4Addr::from(next))
+}
+
+/// The IPv6 after `highest` (none: `::2`), if it is among the subnet's first 2^16 interface ids.
+pub fn next_subnet_ipv6(subnet: Ipv6Net, highest: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
+    let network = u128::from(subnet.network());
+    let first = network + 2;
+    let last = (network + 0xffff).min(u128::from(subnet.broadcast()));
+    let next = highest.map_or(Some(first), |h| u128::from(h).checked_add(1))?;
+    (first..=last).contains(&next).then(|| Ipv6Addr::from(next))
 }
 
 #[cfg(test)]
@@ -97,5 +125,37 @@ mod tests {
         assert_eq!(second, "fd00:10::3".parse::<Ipv6Addr>().unwrap());
         let tiny: Ipv6Net = "fd00::/127".parse().unwrap();
         assert_eq!(free_subnet_ipv6(tiny, &HashSet::new()), None);
+    }
+
+    #[test]
+    fn the_next_address_follows_the_highest_within_the_range() {
+        let subnet: Ipv4Net = "127.10.0.0/30".parse().unwrap();
+        // A /30: network .0, gateway .1, one host .2, broadcast .3.
+        assert_eq!(next_subnet_ipv4(subnet, None), Some(v4("127.10.0.2")));
+        assert_eq!(next_subnet_ipv4(subnet, Some(v4("127.10.0.2"))), None);
+        let wide: Ipv4Net = "127.10.0.0/16".parse().unwrap();
+        assert_eq!(
+            next_subnet_ipv4(wide, Some(v4("127.10.0.255"))),
+            Some(v4("127.10.1.0"))
+        );
+        assert_eq!(next_subnet_ipv4(wide, Some(v4("127.10.255.254"))), None);
+        let pool: Ipv4Net = "127.20.0.0/30".parse().unwrap();
+        assert_eq!(next_pool_ipv4(pool, None), Some(v4("127.20.0.1")));
+        assert_eq!(
+            next_pool_ipv4(pool, Some(v4("127.20.0.1"))),
+            Some(v4("127.20.0.2"))
+        );
+        assert_eq!(next_pool_ipv4(pool, Some(v4("127.20.0.2"))), None);
+        // An address of another pool is no start: the caller falls back to the full search.
+        assert_eq!(next_pool_ipv4(pool, Some(v4("127.30.0.9"))), None);
+        let v6: Ipv6Net = "fd00:10::/64".parse().unwrap();
+        assert_eq!(
+            next_subnet_ipv6(v6, None),
+            Some("fd00:10::2".parse().unwrap())
+        );
+        assert_eq!(
+            next_subnet_ipv6(v6, Some("fd00:10::ffff".parse().unwrap())),
+            None
+        );
     }
 }
