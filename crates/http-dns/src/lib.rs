@@ -86,6 +86,10 @@ struct NewZone<'a> {
     name: &'a str,
     kind: &'static str,
     nameservers: Vec<String>,
+    /// Off: plinth publishes plain A/AAAA records, no DNSSEC, so nothing needs rectifying, and
+    /// PowerDNS would otherwise rectify the whole zone on every change (its cost grows with the
+    /// number of clusters).
+    api_rectify: bool,
 }
 
 /// `name` lowercased with a trailing dot.
@@ -159,6 +163,7 @@ impl PowerDns {
             name: &self.zone,
             kind: "Native",
             nameservers: self.nameservers.iter().map(|ns| canonical(ns)).collect(),
+            api_rectify: false,
         };
         let answer = self
             .send(CREATING, Method::POST, &self.zones_path, Some(&body))

@@ -61,6 +61,20 @@ async fn published_records_answer_real_queries_then_are_replaced_then_deleted() 
     assert_eq!(dns.zone(), "k8s.plinth.test.");
     assert!(dns.ensure_zone().await.unwrap(), "the zone is created");
     assert!(!dns.ensure_zone().await.unwrap(), "and only once");
+    // Created without API-RECTIFY: a change does not rectify the whole zone.
+    let zone: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/servers/localhost/zones/{ZONE}.",
+            server.api_url()
+        ))
+        .header("X-API-Key", &server.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(zone["api_rectify"], false, "{zone}");
 
     dns.upsert_address_records(&records(
         NAME,
