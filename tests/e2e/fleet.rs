@@ -243,19 +243,23 @@ orphan_sweep_interval_secs = 1
         }
     }
 
-    /// Runs `plinth serve` on the fleet's configuration with `overrides` (environment
-    /// variables), expecting it to refuse to start: what it wrote to stderr. Panics if it is still
-    /// running after 30 s.
-    pub fn refused_start(&self, overrides: &[(&str, &str)]) -> String {
+    /// `plinth serve` on the fleet's configuration, listening on `port`.
+    fn serve_command(&self, port: u16) -> Command {
         let mut command = Command::new(plinth_binary());
         command
             .arg("serve")
             .env("PLINTH_CONFIG_DIR", &self.dir)
             .env("PLINTH_ENV", "fleet")
-            .env(
-                "PLINTH__SERVER__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
+            .env("PLINTH__SERVER__LISTEN", format!("127.0.0.1:{port}"));
+        command
+    }
+
+    /// Runs `plinth serve` on the fleet's configuration with `overrides` (environment
+    /// variables), expecting it to refuse to start: what it wrote to stderr. Panics if it is still
+    /// running after 30 s.
+    pub fn refused_start(&self, overrides: &[(&str, &str)]) -> String {
+        let mut command = self.serve_command(free_port());
+        command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (key, value) in overrides {
@@ -283,16 +287,11 @@ orphan_sweep_interval_secs = 1
     pub fn spawn(&self, name: &str) -> Replica {
         let port = free_port();
         let log = self.dir.join(format!("{name}-{port}.log"));
-        let mut command = Command::new(plinth_binary());
-        command
-            .arg("serve")
-            .env("PLINTH_CONFIG_DIR", &self.dir)
-            .env("PLINTH_ENV", "fleet")
-            .env("PLINTH__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "PLINTH__FOUNDING__BOOTSTRAP_BASE_URL",
-                format!("http://127.0.0.1:{port}"),
-            );
+        let mut command = self.serve_command(port);
+        command.env(
+            "PLINTH__FOUNDING__BOOTSTRAP_BASE_URL",
+            format!("http://127.0.0.1:{port}"),
+        );
         let process = Process::start(name, &mut command, &log);
         wait_for_port(Ipv4Addr::LOCALHOST.into(), port, Duration::from_secs(30));
         Replica {

@@ -41,27 +41,34 @@ pub fn free_subnet_ipv6(subnet: Ipv6Net, used: &HashSet<Ipv6Addr>) -> Option<Ipv
 /// The private IPv4 after `highest` (the subnet's highest address in use; none: the first host),
 /// if the subnet has one: the quick answer while a subnet fills from the bottom up.
 pub fn next_subnet_ipv4(subnet: Ipv4Net, highest: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    let first = u32::from(subnet.network()).checked_add(2)?;
-    let last = u32::from(subnet.broadcast()).checked_sub(1)?;
-    let next = highest.map_or(Some(first), |h| u32::from(h).checked_add(1))?;
-    (first..=last).contains(&next).then(|| Ipv4Addr::from(next))
+    let first = u128::from(u32::from(subnet.network())) + 2;
+    let last = u128::from(u32::from(subnet.broadcast())).checked_sub(1)?;
+    next_ipv4(first, last, highest)
 }
 
 /// The pool address after `highest` (none: the first), if the pool has one.
 pub fn next_pool_ipv4(pool: Ipv4Net, highest: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-    let first = u32::from(pool.network()).checked_add(1)?;
-    let last = u32::from(pool.broadcast()).checked_sub(1)?;
-    let next = highest.map_or(Some(first), |h| u32::from(h).checked_add(1))?;
-    (first..=last).contains(&next).then(|| Ipv4Addr::from(next))
+    let first = u128::from(u32::from(pool.network())) + 1;
+    let last = u128::from(u32::from(pool.broadcast())).checked_sub(1)?;
+    next_ipv4(first, last, highest)
 }
 
 /// The IPv6 after `highest` (none: `::2`), if it is among the subnet's first 2^16 interface ids.
 pub fn next_subnet_ipv6(subnet: Ipv6Net, highest: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
     let network = u128::from(subnet.network());
-    let first = network + 2;
     let last = (network + 0xffff).min(u128::from(subnet.broadcast()));
-    let next = highest.map_or(Some(first), |h| u128::from(h).checked_add(1))?;
-    (first..=last).contains(&next).then(|| Ipv6Addr::from(next))
+    next_after(network + 2, last, highest.map(u128::from)).map(Ipv6Addr::from)
+}
+
+fn next_ipv4(first: u128, last: u128, highest: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let next = next_after(first, last, highest.map(|h| u128::from(u32::from(h))))?;
+    u32::try_from(next).ok().map(Ipv4Addr::from)
+}
+
+/// `first` when nothing is in use, else the number after `highest`, when within `first..=last`.
+fn next_after(first: u128, last: u128, highest: Option<u128>) -> Option<u128> {
+    let next = highest.map_or(Some(first), |h| h.checked_add(1))?;
+    (first..=last).contains(&next).then_some(next)
 }
 
 #[cfg(test)]
