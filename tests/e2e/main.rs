@@ -7,6 +7,7 @@
 mod auth;
 mod bootstrap;
 mod clusters;
+mod dns_contract;
 mod durability;
 mod fleet;
 mod idempotency;

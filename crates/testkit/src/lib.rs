@@ -1,13 +1,16 @@
 //! Fixtures for plinth's cross-crate tests and benchmarks: a founding stack on real components —
 //! a throwaway PostgreSQL database, the compute service on loopback, the PostgreSQL repository
-//! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS per test
-//! ([`pdns`]); and the helpers for driving external programs ([`process`]).
+//! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS or a BIND9 per test
+//! ([`pdns`], [`bind`]) and `dig` to ask them ([`dig`]); and the helpers for driving external
+//! programs ([`process`]).
 //!
 //! Fixtures in the domain's own types (founding settings, stand-in certificates) live in
 //! `plinth_domain::testing` instead, because the domain's unit tests use them too.
 
 #![allow(clippy::unwrap_used)] // a fixture that cannot start must stop the test loudly
 
+pub mod bind;
+pub mod dig;
 pub mod pdns;
 pub mod process;
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::dig::dig;
 use crate::process::free_port;
 
 /// A PowerDNS of one test's own, stopped and deleted when dropped.
@@ -66,35 +67,7 @@ impl PowerDnsServer {
 
     /// Asks the server over DNS: the status (`NOERROR`, `NXDOMAIN`, …) and the sorted answers.
     pub fn dig(&self, name: &str, kind: &str) -> (String, Vec<String>) {
-        let output = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.dns_port.to_string(),
-                "+tries=1",
-                "+time=2",
-                "+noall",
-                "+comments",
-                "+answer",
-                name,
-                kind,
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let status = text
-            .split("status: ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no status in dig output:\n{text}"))
-            .to_owned();
-        let mut answers: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-            .collect();
-        answers.sort();
-        (status, answers)
+        dig(self.dns_port, name, kind)
     }
 }
 
