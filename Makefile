@@ -12,12 +12,13 @@ PLINTH_DEV_DIR ?= .dev
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-test: ## every test: installs etcd/PowerDNS/dig when missing, starts a throwaway PostgreSQL, and checks `make run`
+test: ## every test: installs etcd/PowerDNS/BIND9/dig when missing, starts a throwaway PostgreSQL, and checks `make run` with each DNS server
 	scripts/test-deps.sh
 	$(CARGO) build --workspace --all-features --bins  # the crash tests run the plinth binary itself
 	scripts/with-test-services.sh $(CARGO) nextest run --workspace --all-features --no-fail-fast
 	$(CARGO) test --workspace --all-features --doc
 	scripts/check-make-run.sh
+	PLINTH_DNS=bind scripts/check-make-run.sh
 
 lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency rule
 	$(CARGO) fmt --all -- --check
@@ -28,7 +29,7 @@ lint: ## formatting, clippy (warnings are errors), cargo-deny, the dependency ru
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-run: ## the whole local stack on loopback, ready to curl (Ctrl-C stops it)
+run: ## the whole local stack on loopback, ready to curl (Ctrl-C stops it; PLINTH_DNS=bind for BIND9)
 	scripts/run-stack.sh
 
 token: ## a token for organization ORG on the `make run` stack: make token ORG=org-b

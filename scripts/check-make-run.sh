@@ -2,18 +2,22 @@
 # Proves `make run` works from this checkout, as a newcomer would use it: starts it (on its own
 # ports and .dev directory, so it never meets a stack already running), runs the curl it prints,
 # expects a founded cluster, runs a VM's userdata shim (which fetches its bundle over HTTPS from the
-# bootstrap listener, pinning the stack's CA), asks a second replica (scripts/run-replica.sh) for it, then stops
-# it all the way Ctrl-C does and checks that everything it started is gone. `make test` runs it
-# last.
+# bootstrap listener, pinning the stack's CA), asks the stack's DNS server (dig) for the control
+# plane's name, asks a second replica (scripts/run-replica.sh) for the cluster, then stops it all
+# the way Ctrl-C does and checks that everything it started is gone. `make test` runs it last,
+# twice: with PowerDNS, and with PLINTH_DNS=bind (BIND9 and RFC 2136 updates), where it also stops
+# named and founds again: 201, dns_configured = false and the reason.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-export PLINTH_DEV_DIR=${PLINTH_DEV_DIR:-$root/.dev/make-run-check}
+dns_server=${PLINTH_DNS:-powerdns}
+export PLINTH_DEV_DIR=${PLINTH_DEV_DIR:-$root/.dev/make-run-check-$dns_server}
 export PLINTH_PORT=${PLINTH_PORT:-18080} COMPUTE_PORT=${COMPUTE_PORT:-18082}
 export PLINTH_BOOTSTRAP_PORT=${CHECK_BOOTSTRAP_PORT:-18443}
 export PLINTH_PG_PORT=${CHECK_PG_PORT:-55433}
 export PLINTH_PDNS_DNS_PORT=${CHECK_PDNS_DNS_PORT:-15354} PLINTH_PDNS_API_PORT=${CHECK_PDNS_API_PORT:-18083}
+export PLINTH_BIND_PORT=${CHECK_BIND_PORT:-15356}
 rm -rf "$PLINTH_DEV_DIR"
 mkdir -p "$PLINTH_DEV_DIR"
 log="$PLINTH_DEV_DIR/make-run.log"
@@ -56,9 +60,9 @@ stack = dict(line.strip().split("=", 1) for line in open(sys.argv[2]) if "=" in 
 assert answer["name"] == "demo", answer
 assert len(answer["nodes"]) == 3 and len(answer["vm_ids"]) == 3, answer
 assert answer["admin_kubeconfig"].startswith("apiVersion: v1"), "no kubeconfig"
-for key in ("PLINTH_URL", "COMPUTE_URL", "COMPUTE_TOKEN", "DATABASE_URL"):
+for key in ("PLINTH_URL", "COMPUTE_URL", "COMPUTE_TOKEN", "DATABASE_URL", "DNS_ZONE"):
     assert key in stack, f"{key} missing from stack.env"
-if "PDNS_API_URL" in stack:
+if "DNS_PORT" in stack:
     assert answer["dns_configured"] is True, answer["dns_error"]
 print(f"check-make-run: founded {answer['cluster_id']} (dns_configured={answer['dns_configured']})")
 PY
@@ -84,6 +88,36 @@ for file in etc/kubernetes/pki/ca.crt etc/kubernetes/manifests/etcd.yaml etc/kub
   [ -s "$PLINTH_DEV_DIR/vm-1/$file" ] || fail "the shim unpacked no $file"
 done
 echo "check-make-run: a VM's shim fetched its bundle over HTTPS, pinning the stack's CA"
+
+# The printed dig: the DNS server answers the control plane's name with the nodes' addresses.
+if grep -q '^DNS_PORT=' "$PLINTH_DEV_DIR/stack.env"; then
+  dns_port=$(sed -n 's/^DNS_PORT=//p' "$PLINTH_DEV_DIR/stack.env")
+  grep -q "^dig @127.0.0.1 -p $dns_port " "$log" || fail "make run printed no dig for port $dns_port"
+  python3 - "$PLINTH_DEV_DIR/answer.json" "$dns_port" <<'PY' || fail "the DNS server does not answer the control plane's name"
+import json, subprocess, sys
+answer = json.load(open(sys.argv[1]))
+name = answer["control_plane_dns_name"]
+dig = subprocess.run(["dig", "@127.0.0.1", "-p", sys.argv[2], "+short", "+tries=1", "+time=2", name, "A"],
+                     capture_output=True, text=True, check=True).stdout.split()
+expected = sorted(node["public_ipv4"] for node in answer["nodes"])
+assert sorted(dig) == expected, f"dig {name} A: {dig}, expected {expected}"
+print(f"check-make-run: dig {name} A answers {', '.join(sorted(dig))}")
+PY
+fi
+
+# With BIND stopped, a founding still answers 201, saying DNS was not configured and why.
+if [ "$dns_server" = bind ]; then
+  PLINTH_BIND_DIR="$PLINTH_DEV_DIR/bind" scripts/bind.sh stop
+  status=$(eval "${command/demo/demo-2} -o '$PLINTH_DEV_DIR/answer-2.json' -w '%{http_code}'")
+  [ "$status" = 201 ] || fail "with BIND stopped, the curl answered $status: $(cat "$PLINTH_DEV_DIR/answer-2.json")"
+  python3 - "$PLINTH_DEV_DIR/answer-2.json" <<'PY' || fail "with BIND stopped, the answer does not say DNS failed"
+import json, sys
+answer = json.load(open(sys.argv[1]))
+assert answer["dns_configured"] is False, answer
+assert answer["dns_error"].startswith("DNS server unavailable: publishing records"), answer["dns_error"]
+print(f"check-make-run: with BIND stopped, 201 and dns_configured=false ({answer['dns_error']})")
+PY
+fi
 
 # A second replica on the stack (scripts/run-replica.sh) serves the cluster the first one founded.
 replica_port=${CHECK_REPLICA_PORT:-18090}
@@ -115,4 +149,6 @@ for port in "$PLINTH_PORT" "$PLINTH_BOOTSTRAP_PORT" "$COMPUTE_PORT" "$PLINTH_PDN
   fi
 done
 PLINTH_PG_DIR="$PLINTH_DEV_DIR/pg" scripts/pg.sh status && fail "PostgreSQL is still running"
+PLINTH_BIND_DIR="$PLINTH_DEV_DIR/bind" scripts/bind.sh status && fail "named is still running"
+PLINTH_PDNS_DIR="$PLINTH_DEV_DIR/pdns" scripts/pdns.sh status && fail "PowerDNS is still running"
 echo "check-make-run: make run works, and Ctrl-C stopped everything it started"

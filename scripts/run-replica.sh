@@ -40,12 +40,17 @@ export PLINTH__SERVER__BOOTSTRAP_TLS_CERT_FILE="$dev/bootstrap.crt"
 export PLINTH__SERVER__BOOTSTRAP_TLS_KEY_FILE="$dev/bootstrap.key"
 export PLINTH__FOUNDING__BOOTSTRAP_BASE_URL="https://127.0.0.1:$bootstrap_port"
 export PLINTH__FOUNDING__BOOTSTRAP_CA_FILE="$BOOTSTRAP_CA"
-if [ -n "${PDNS_API_URL:-}" ]; then
-  export PLINTH__DNS__MODE=powerdns
-  export PLINTH__DNS__POWERDNS__API_URL="$PDNS_API_URL"
-  export PLINTH__DNS__POWERDNS__API_KEY="$PDNS_API_KEY"
-else
-  export PLINTH__DNS__MODE=disabled
-fi
+export PLINTH__DNS__MODE="${DNS_MODE:-disabled}"
+case "${DNS_MODE:-disabled}" in
+  powerdns)
+    export PLINTH__DNS__POWERDNS__API_URL="$PDNS_API_URL"
+    export PLINTH__DNS__POWERDNS__API_KEY="$PDNS_API_KEY"
+    ;;
+  rfc2136)
+    export PLINTH__DNS__RFC2136__SERVER="127.0.0.1:$DNS_PORT"
+    export PLINTH__DNS__RFC2136__KEY_NAME="$TSIG_KEY_NAME"
+    export PLINTH__DNS__RFC2136__KEY_SECRET_FILE="$TSIG_KEY_FILE"
+    ;;
+esac
 echo "run-replica: a second plinth on http://127.0.0.1:$port, bootstrap on https://127.0.0.1:$bootstrap_port (Ctrl-C stops it)"
 exec target/debug/plinth serve

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: the whole local stack, from a fresh clone, in one command — a throwaway
-# PostgreSQL, the compute service, PowerDNS with the dev zone (when pdns_server is installed;
-# DNS is reported as not configured otherwise), and plinth — all on loopback. It writes a dev
+# PostgreSQL, the compute service, a DNS server with the dev zone, and plinth — all on loopback.
+# The DNS server is PowerDNS behind its HTTP API (when pdns_server is installed; DNS is reported
+# as not configured otherwise), or with PLINTH_DNS=bind BIND9's named taking RFC 2136 updates
+# signed with a TSIG key made under $PLINTH_DEV_DIR/bind (scripts/test-deps.sh installs it). It
+# writes a dev
 # token to $PLINTH_DEV_DIR/token and the stack's addresses to $PLINTH_DEV_DIR/stack.env, prints a
 # curl that founds a cluster, and stops everything it started on Ctrl-C or SIGTERM.
 #
@@ -11,8 +14,9 @@
 #
 # Ports and places (environment): PLINTH_PORT (8080), PLINTH_BOOTSTRAP_PORT (8443),
 # COMPUTE_PORT (8081), PLINTH_PG_PORT (55432),
-# PLINTH_PDNS_DNS_PORT (15353), PLINTH_PDNS_API_PORT (18081), DNS_ZONE (k8s.plinth.test),
-# PLINTH_DEV_DIR (.dev), PLINTH_DEV_ORG (dev-org).
+# PLINTH_PDNS_DNS_PORT (15353), PLINTH_PDNS_API_PORT (18081), PLINTH_BIND_PORT (15355),
+# DNS_ZONE (k8s.plinth.test), PLINTH_DEV_DIR (.dev), PLINTH_DEV_ORG (dev-org), PLINTH_DNS
+# (powerdns or bind). $PLINTH_DEV_DIR/stack.env has DNS_PORT and DNS_ZONE in both modes.
 #
 # PLINTH_PROFILE: `debug` (the default) or `release` (`cargo build --release`, and the binaries
 # under target/release; scripts/bench-load.sh uses it). Any other PLINTH__<SECTION>__<KEY> (e.g.
@@ -33,6 +37,12 @@ zone=${DNS_ZONE:-k8s.plinth.test}
 org=${PLINTH_DEV_ORG:-dev-org}
 compute_token=dev-compute-token
 profile=${PLINTH_PROFILE:-debug}
+dns_server=${PLINTH_DNS:-powerdns}
+case "$dns_server" in
+  powerdns) ;;
+  bind) command -v named >/dev/null 2>&1 || { echo "run: PLINTH_DNS=bind needs named (BIND9): scripts/test-deps.sh installs it" >&2; exit 1; } ;;
+  *) echo "run: PLINTH_DNS must be powerdns or bind, not '$dns_server'" >&2; exit 2 ;;
+esac
 case "$profile" in
   debug) build_flags=() ;;
   release) build_flags=(--release) ;;
@@ -42,18 +52,22 @@ bin=target/$profile
 export PLINTH_PG_DIR=$dev/pg PLINTH_PG_PORT=${PLINTH_PG_PORT:-55432}
 export PLINTH_PDNS_DIR=$dev/pdns PLINTH_PDNS_DNS_PORT=${PLINTH_PDNS_DNS_PORT:-15353}
 export PLINTH_PDNS_API_PORT=${PLINTH_PDNS_API_PORT:-18081} PLINTH_PDNS_API_KEY=dev-pdns-key
+export PLINTH_BIND_DIR=$dev/bind PLINTH_BIND_PORT=${PLINTH_BIND_PORT:-15355}
+export PLINTH_BIND_ZONE=$zone PLINTH_BIND_KEY_NAME=plinth-key
 
 say() { printf 'run: %s\n' "$*"; }
 
 pids=()
 started_pg=0
 started_pdns=0
+started_bind=0
 cleanup() {
   trap - EXIT INT TERM
   say "stopping the stack"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   [ "$started_pdns" = 1 ] && scripts/pdns.sh stop || true
+  [ "$started_bind" = 1 ] && scripts/bind.sh stop || true
   [ "$started_pg" = 1 ] && scripts/pg.sh stop || true
   say "stopped"
 }
@@ -119,12 +133,19 @@ COMPUTE_SIM__TOKEN="$compute_token" \
 pids+=($!)
 wait_for "http://127.0.0.1:$compute_port/healthz" "${pids[-1]}" "$dev/compute-sim.log" 60
 
-# PowerDNS, when installed.
+# The DNS server: BIND9 when asked for, otherwise PowerDNS when installed.
 dns_mode=disabled
-if command -v pdns_server >/dev/null 2>&1; then
+dns_port=
+if [ "$dns_server" = bind ]; then
+  scripts/bind.sh status || started_bind=1
+  scripts/bind.sh start >/dev/null
+  dns_mode=rfc2136
+  dns_port=$PLINTH_BIND_PORT
+elif command -v pdns_server >/dev/null 2>&1; then
   scripts/pdns.sh status || started_pdns=1
   scripts/pdns.sh start >/dev/null
   dns_mode=powerdns
+  dns_port=$PLINTH_PDNS_DNS_PORT
 else
   say "pdns_server is not installed: DNS is disabled (foundings report dns_configured=false)"
 fi
@@ -144,6 +165,9 @@ export PLINTH__DNS__POWERDNS__API_URL="http://127.0.0.1:$PLINTH_PDNS_API_PORT"
 export PLINTH__DNS__POWERDNS__API_KEY="$PLINTH_PDNS_API_KEY"
 export PLINTH__DNS__POWERDNS__ENSURE_ZONE=true
 export PLINTH__DNS__POWERDNS__NAMESERVERS="ns1.$zone"
+export PLINTH__DNS__RFC2136__SERVER="127.0.0.1:$PLINTH_BIND_PORT"
+export PLINTH__DNS__RFC2136__KEY_NAME="$PLINTH_BIND_KEY_NAME"
+export PLINTH__DNS__RFC2136__KEY_SECRET_FILE="$PLINTH_BIND_DIR/tsig.secret"
 export PLINTH__FOUNDING__DNS_ZONE="$zone"
 export PLINTH__SERVER__BOOTSTRAP_LISTEN="127.0.0.1:$bootstrap_port"
 export PLINTH__SERVER__BOOTSTRAP_TLS_CERT_FILE="$dev/bootstrap.crt"
@@ -167,13 +191,26 @@ wait_for "http://127.0.0.1:$plinth_port/readyz" "$plinth_pid" "$dev/plinth.log" 
   echo "COMPUTE_TOKEN=$compute_token"
   echo "DATABASE_URL=$database_url"
   echo "DNS_ZONE=$zone"
+  echo "DNS_MODE=$dns_mode"
+  [ -n "$dns_port" ] && echo "DNS_PORT=$dns_port"
   if [ "$dns_mode" = powerdns ]; then
     echo "PDNS_API_URL=http://127.0.0.1:$PLINTH_PDNS_API_PORT"
     echo "PDNS_API_KEY=$PLINTH_PDNS_API_KEY"
     echo "PDNS_DNS_PORT=$PLINTH_PDNS_DNS_PORT"
   fi
+  if [ "$dns_mode" = rfc2136 ]; then
+    echo "BIND_DNS_PORT=$PLINTH_BIND_PORT"
+    echo "TSIG_KEY_NAME=$PLINTH_BIND_KEY_NAME"
+    echo "TSIG_KEY_FILE=$PLINTH_BIND_DIR/tsig.secret"
+  fi
 } > "$dev/stack.env"
 
+dig_hint=
+if [ -n "$dns_port" ]; then
+  dig_hint=$(printf '\n%s\n\n%s\n' \
+    "Then ask the DNS server ($dns_server) for the control_plane_dns_name of the answer:" \
+    "dig @127.0.0.1 -p $dns_port api.cluster-<id>.$zone A +short")
+fi
 cat <<TXT
 
 plinth is up on http://127.0.0.1:$plinth_port, VMs fetch bundles from https://127.0.0.1:$bootstrap_port
@@ -181,7 +218,7 @@ plinth is up on http://127.0.0.1:$plinth_port, VMs fetch bundles from https://12
 Found a 3-node cluster for organization $org:
 
 curl -sS -X POST http://127.0.0.1:$plinth_port/clusters -H "Authorization: Bearer \$(cat $dev/token)" -H 'Content-Type: application/json' -d '{"name":"demo","control_plane_count":3}'
-
+$dig_hint
 A token for another organization: make token ORG=org-b
 A second replica on the same database: scripts/run-replica.sh 8090
 Ctrl-C stops the stack.

@@ -21,7 +21,7 @@ pub(crate) enum ExchangeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The connection or datagram failed (refused, reset, unreachable).
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

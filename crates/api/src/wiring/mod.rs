@@ -25,6 +25,7 @@ use plinth_domain::ports::dns::Dns;
 use plinth_domain::recovery::Recovery;
 use plinth_http_compute::HttpCompute;
 use plinth_http_dns::PowerDns;
+use plinth_rfc2136_dns::Rfc2136Dns;
 use plinth_x509_pki::X509Pki;
 
 use crate::auth::Authenticator;
@@ -125,12 +126,22 @@ pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
 }
 
 async fn dns(config: &Config) -> anyhow::Result<Option<Arc<dyn Dns>>> {
+    let zone = config.founding.dns_zone.as_str();
+    if let Some(settings) = config.rfc2136() {
+        let rfc2136 =
+            Rfc2136Dns::new(settings.clone(), zone).context("setting up RFC 2136 updates")?;
+        tracing::info!(
+            zone = rfc2136.zone(),
+            server = settings.server,
+            "DNS: RFC 2136 updates signed with TSIG"
+        );
+        return Ok(Some(Arc::new(rfc2136)));
+    }
     let Some(settings) = config.powerdns() else {
         tracing::info!("DNS is disabled: foundings report dns_configured = false");
         return Ok(None);
     };
-    let powerdns = PowerDns::new(settings.clone(), config.founding.dns_zone.as_str())
-        .context("setting up PowerDNS")?;
+    let powerdns = PowerDns::new(settings.clone(), zone).context("setting up PowerDNS")?;
     if powerdns.ensure_zone_at_start() {
         match powerdns.ensure_zone().await {
             Ok(created) => tracing::info!(zone = powerdns.zone(), created, "DNS zone ready"),

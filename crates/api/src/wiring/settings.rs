@@ -19,6 +19,7 @@ use plinth_domain::recovery::{RecoverySection, RecoverySettings};
 use plinth_domain::settings::SettingsError;
 use plinth_http_compute::HttpComputeSettings;
 use plinth_http_dns::PowerDnsSettings;
+use plinth_rfc2136_dns::Rfc2136Settings;
 use plinth_x509_pki::PkiSettings;
 use serde::Deserialize;
 
@@ -89,6 +90,9 @@ pub enum DnsMode {
     Disabled,
     /// A PowerDNS Authoritative server, configured in `[dns.powerdns]`.
     Powerdns,
+    /// Any server taking RFC 2136 updates signed with TSIG (BIND, Knot, …), configured in
+    /// `[dns.rfc2136]`.
+    Rfc2136,
 }
 
 impl TryFrom<String> for DnsMode {
@@ -98,7 +102,10 @@ impl TryFrom<String> for DnsMode {
         match mode.as_str() {
             "disabled" => Ok(Self::Disabled),
             "powerdns" => Ok(Self::Powerdns),
-            other => Err(format!("must be disabled or powerdns, got {other:?}")),
+            "rfc2136" => Ok(Self::Rfc2136),
+            other => Err(format!(
+                "must be disabled, powerdns or rfc2136, got {other:?}"
+            )),
         }
     }
 }
@@ -112,6 +119,9 @@ pub struct DnsSettings {
     /// `[dns.powerdns]`.
     #[serde(default)]
     pub powerdns: Option<PowerDnsSettings>,
+    /// `[dns.rfc2136]`.
+    #[serde(default)]
+    pub rfc2136: Option<Rfc2136Settings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,11 +188,19 @@ impl Config {
         Duration::from_secs(self.server.shutdown_timeout_secs)
     }
 
-    /// The PowerDNS settings when DNS is on; `None` when it is disabled.
+    /// The PowerDNS settings when `dns.mode` is powerdns.
     pub fn powerdns(&self) -> Option<&PowerDnsSettings> {
         match self.dns.mode {
-            DnsMode::Disabled => None,
             DnsMode::Powerdns => self.dns.powerdns.as_ref(),
+            DnsMode::Disabled | DnsMode::Rfc2136 => None,
+        }
+    }
+
+    /// The RFC 2136 settings when `dns.mode` is rfc2136.
+    pub fn rfc2136(&self) -> Option<&Rfc2136Settings> {
+        match self.dns.mode {
+            DnsMode::Rfc2136 => self.dns.rfc2136.as_ref(),
+            DnsMode::Disabled | DnsMode::Powerdns => None,
         }
     }
 }
@@ -219,6 +237,32 @@ pub fn load(dir: &Path, environment: Option<&str>) -> Result<Config, SettingsErr
         .and_then(config::Config::try_deserialize)
         .map_err(keyed)?;
     check(sections)
+}
+
+/// The section `dns.mode` selects must be there and work (a key file that cannot be read, or a
+/// TSIG algorithm plinth does not have, stops start-up naming the key).
+fn check_dns(dns: &DnsSettings) -> Result<(), SettingsError> {
+    fn missing(section: &str, mode: &str) -> SettingsError {
+        SettingsError::new(
+            format!("dns.{section}"),
+            format!("dns.mode is {mode}: configure [dns.{section}]"),
+        )
+    }
+    match dns.mode {
+        DnsMode::Disabled => Ok(()),
+        DnsMode::Powerdns => dns
+            .powerdns
+            .as_ref()
+            .ok_or_else(|| missing("powerdns", "powerdns"))?
+            .check()
+            .map_err(|e| e.within("dns.powerdns")),
+        DnsMode::Rfc2136 => dns
+            .rfc2136
+            .as_ref()
+            .ok_or_else(|| missing("rfc2136", "rfc2136"))?
+            .check()
+            .map_err(|e| e.within("dns.rfc2136")),
+    }
 }
 
 /// The key a configuration error is about, as precisely as the `config` crate knows it.
@@ -375,15 +419,7 @@ fn check(s: Sections) -> Result<Config, SettingsError> {
         .founding
         .settings(credentials_lifetime, limits)
         .map_err(|e| e.within("founding"))?;
-    if s.dns.mode == DnsMode::Powerdns {
-        let powerdns = s.dns.powerdns.as_ref().ok_or_else(|| {
-            SettingsError::new(
-                "dns.powerdns",
-                "dns.mode is powerdns: configure [dns.powerdns]",
-            )
-        })?;
-        powerdns.check().map_err(|e| e.within("dns.powerdns"))?;
-    }
+    check_dns(&s.dns)?;
     let bundles = s.bootstrap.checked().map_err(|e| e.within("bootstrap"))?;
     let recovery = s.recovery.settings().map_err(|e| e.within("recovery"))?;
     let idempotency = s

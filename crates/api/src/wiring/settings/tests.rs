@@ -83,7 +83,7 @@ fn a_bad_value_names_its_key_and_the_reason() {
         (
             "[dns]\nmode = \"bind\"\n",
             "dns.mode",
-            "disabled or powerdns",
+            "disabled, powerdns or rfc2136",
         ),
         // Still inside WORKING's [compute] table, which comes last.
         ("base_url = \"ftp://x\"\n", "compute.base_url", "http"),
@@ -143,6 +143,44 @@ fn powerdns_settings_come_from_their_own_section() {
     let powerdns = config.powerdns().unwrap();
     assert_eq!(powerdns.ttl, 30);
     assert_eq!(powerdns.server_id, "localhost");
+}
+
+#[test]
+fn rfc2136_settings_come_from_their_own_section_and_a_bad_key_stops_start_up() {
+    let secret = std::env::temp_dir().join(format!("plinth-settings-tsig-{}", std::process::id()));
+    std::fs::write(&secret, "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==\n").unwrap();
+    let section = |extra: &str| {
+        format!(
+            "[dns]\nmode = \"rfc2136\"\n[dns.rfc2136]\nserver = \"127.0.0.1:5353\"\nkey_name = \"plinth-key\"\nkey_secret_file = \"{}\"\n{extra}",
+            secret.display()
+        )
+    };
+    let config = load_overlay(&section("transport = \"udp\"\n")).unwrap();
+    let rfc2136 = config.rfc2136().unwrap();
+    assert_eq!(rfc2136.transport, plinth_rfc2136_dns::Transport::Udp);
+    assert_eq!(rfc2136.key_algorithm, "hmac-sha256");
+    assert!(config.powerdns().is_none());
+
+    let err = load_overlay(&section("key_algorithm = \"hmac-md5\"\n")).unwrap_err();
+    assert_eq!(err.key, "dns.rfc2136.key_algorithm", "{err}");
+    std::fs::write(&secret, "not base64").unwrap();
+    let err = load_overlay(&section("")).unwrap_err();
+    assert_eq!(err.key, "dns.rfc2136.key_secret_file", "{err}");
+    assert!(
+        err.reason.contains("does not hold a base64 TSIG secret"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("not base64"),
+        "the file's text is not repeated: {err}"
+    );
+    std::fs::remove_file(&secret).unwrap();
+    let err = load_overlay(&section("")).unwrap_err();
+    assert_eq!(err.key, "dns.rfc2136.key_secret_file", "{err}");
+    // Chosen by dns.mode: the section alone does not switch RFC 2136 on.
+    let config =
+        load_overlay(&section("").replace("mode = \"rfc2136\"", "mode = \"disabled\"")).unwrap();
+    assert!(config.rfc2136().is_none());
 }
 
 #[test]
