@@ -1,8 +1,8 @@
 //! The `Dns` port's contract: one suite, run over every adapter against the real server it
-//! speaks to — `plinth-http-dns` on PowerDNS (its HTTP API) and `plinth-rfc2136-dns` on BIND9
-//! (RFC 2136 updates signed with TSIG) — and checked with `dig` against what the server answers.
-//! A new adapter is added by implementing [`ServerUnderTest`] for its server and one line at the
-//! bottom; it is done when the whole suite passes.
+//! speaks to — `plinth-http-dns` on PowerDNS (its HTTP API), `plinth-rfc2136-dns` (RFC 2136
+//! updates signed with TSIG) on BIND9 and on Knot DNS — and checked with `dig` against what the
+//! server answers. A new adapter is added by implementing [`ServerUnderTest`] for its server and
+//! one line at the bottom; it is done when the whole suite passes.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -14,13 +14,12 @@ use plinth_domain::ports::repo::Repo;
 use plinth_http_compute::{HttpCompute, HttpComputeSettings};
 use plinth_http_dns::{PowerDns, PowerDnsSettings};
 use plinth_rfc2136_dns::{Rfc2136Dns, Rfc2136Settings};
-use plinth_testkit::bind::{BIND_KEY_NAME, BindServer};
 use plinth_testkit::pdns::PowerDnsServer;
+use plinth_testkit::rfc2136::{Rfc2136Server, TSIG_KEY_NAME};
 use plinth_testkit::{COMPUTE_TOKEN, FoundingStack, ZONE};
 
 /// A real DNS server, started for one test, and the adapter that publishes in it.
 trait ServerUnderTest: Sized {
-    fn start() -> Self;
     /// The adapter with the deployment's zone ready, and a 800 ms bound per attempt.
     async fn adapter(&self) -> Arc<dyn Dns>;
     /// The same adapter with credentials the server does not accept.
@@ -31,10 +30,6 @@ trait ServerUnderTest: Sized {
 }
 
 impl ServerUnderTest for PowerDnsServer {
-    fn start() -> Self {
-        PowerDnsServer::start()
-    }
-
     async fn adapter(&self) -> Arc<dyn Dns> {
         let dns = PowerDns::new(powerdns_settings(self), ZONE).unwrap();
         dns.ensure_zone().await.unwrap();
@@ -64,17 +59,13 @@ fn powerdns_settings(server: &PowerDnsServer) -> PowerDnsSettings {
     settings
 }
 
-impl ServerUnderTest for BindServer {
-    fn start() -> Self {
-        BindServer::start()
-    }
-
+impl ServerUnderTest for Rfc2136Server {
     async fn adapter(&self) -> Arc<dyn Dns> {
         Arc::new(Rfc2136Dns::new(rfc2136_settings(self), ZONE).unwrap())
     }
 
     fn adapter_with_wrong_credentials(&self) -> Arc<dyn Dns> {
-        // The right key name with another secret: BIND answers NOTAUTH, TSIG error BADSIG.
+        // The right key name with another secret: NOTAUTH, TSIG error BADSIG.
         let other = std::env::temp_dir().join(format!("plinth-wrong-tsig-{}", self.dns_port));
         std::fs::write(&other, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZyE=").unwrap();
         let mut settings = rfc2136_settings(self);
@@ -85,7 +76,7 @@ impl ServerUnderTest for BindServer {
     }
 
     fn dig(&self, name: &str, kind: &str) -> (String, Vec<String>) {
-        BindServer::dig(self, name, kind)
+        Rfc2136Server::dig(self, name, kind)
     }
 
     fn stop(&self) {
@@ -93,8 +84,8 @@ impl ServerUnderTest for BindServer {
     }
 }
 
-fn rfc2136_settings(server: &BindServer) -> Rfc2136Settings {
-    let mut settings = Rfc2136Settings::new(&server.address(), BIND_KEY_NAME, server.key_file());
+fn rfc2136_settings(server: &Rfc2136Server) -> Rfc2136Settings {
+    let mut settings = Rfc2136Settings::new(&server.address(), TSIG_KEY_NAME, server.key_file());
     settings.request_timeout_ms = 800;
     settings
 }
@@ -122,8 +113,7 @@ fn found(status: &str, answers: &[&str]) -> (String, Vec<String>) {
     )
 }
 
-async fn publishes_then_replaces_without_stale_records_then_deletes<S: ServerUnderTest>() {
-    let server = S::start();
+async fn publishes_then_replaces_without_stale_records_then_deletes<S: ServerUnderTest>(server: S) {
     let dns = server.adapter().await;
     dns.upsert_address_records(&records(&["192.0.2.10", "192.0.2.11"], &["2001:db8::10"]))
         .await
@@ -149,8 +139,7 @@ async fn publishes_then_replaces_without_stale_records_then_deletes<S: ServerUnd
     assert_eq!(server.dig(NAME, "AAAA").0, "NXDOMAIN");
 }
 
-async fn repeating_a_call_changes_nothing<S: ServerUnderTest>() {
-    let server = S::start();
+async fn repeating_a_call_changes_nothing<S: ServerUnderTest>(server: S) {
     let dns = server.adapter().await;
     let set = records(&["192.0.2.20", "192.0.2.21", "192.0.2.22"], &[]);
     for _ in 0..2 {
@@ -166,8 +155,7 @@ async fn repeating_a_call_changes_nothing<S: ServerUnderTest>() {
     }
 }
 
-async fn wrong_credentials_are_unauthorized_and_change_nothing<S: ServerUnderTest>() {
-    let server = S::start();
+async fn wrong_credentials_are_unauthorized_and_change_nothing<S: ServerUnderTest>(server: S) {
     server
         .adapter()
         .await
@@ -185,8 +173,7 @@ async fn wrong_credentials_are_unauthorized_and_change_nothing<S: ServerUnderTes
     assert_eq!(server.dig(NAME, "A"), found("NOERROR", &["192.0.2.30"]));
 }
 
-async fn a_name_outside_the_zone_is_rejected<S: ServerUnderTest>() {
-    let server = S::start();
+async fn a_name_outside_the_zone_is_rejected<S: ServerUnderTest>(server: S) {
     let dns = server.adapter().await;
     let mut outside = records(&["192.0.2.40"], &[]);
     outside.name = "api.elsewhere.test".to_owned();
@@ -199,8 +186,7 @@ async fn a_name_outside_the_zone_is_rejected<S: ServerUnderTest>() {
     assert!(matches!(err, DnsError::Rejected(_)), "{err:?}");
 }
 
-async fn a_stopped_server_is_unavailable_within_the_bounds<S: ServerUnderTest>() {
-    let server = S::start();
+async fn a_stopped_server_is_unavailable_within_the_bounds<S: ServerUnderTest>(server: S) {
     let dns = server.adapter().await;
     server.stop();
     let started = Instant::now();
@@ -224,8 +210,7 @@ async fn founding_with(dns: Arc<dyn Dns>) -> (FoundingStack, plinth_domain::Foun
     (stack, use_case)
 }
 
-async fn a_founding_publishes_the_control_plane_name<S: ServerUnderTest>() {
-    let server = S::start();
+async fn a_founding_publishes_the_control_plane_name<S: ServerUnderTest>(server: S) {
     let (_stack, use_case) = founding_with(server.adapter().await).await;
     let spec = ClusterRequest::default()
         .validate(&use_case.settings().defaults)
@@ -252,8 +237,7 @@ async fn a_founding_publishes_the_control_plane_name<S: ServerUnderTest>() {
     );
 }
 
-async fn a_founding_with_the_server_down_still_founds_and_says_why<S: ServerUnderTest>() {
-    let server = S::start();
+async fn a_founding_with_the_server_down_still_founds_and_says_why<S: ServerUnderTest>(server: S) {
     let dns = server.adapter().await;
     server.stop();
     let (stack, use_case) = founding_with(dns).await;
@@ -289,50 +273,50 @@ async fn a_founding_with_the_server_down_still_founds_and_says_why<S: ServerUnde
     );
 }
 
-/// The whole suite over one server type, as a module of tests.
+/// The whole suite over the servers `$start` starts, as a module of tests.
 macro_rules! contract_suite {
-    ($module:ident, $server:ty) => {
+    ($module:ident, $start:expr) => {
         mod $module {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread")]
             async fn publishes_then_replaces_without_stale_records_then_deletes() {
-                super::publishes_then_replaces_without_stale_records_then_deletes::<$server>()
-                    .await;
+                super::publishes_then_replaces_without_stale_records_then_deletes($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn repeating_a_call_changes_nothing() {
-                super::repeating_a_call_changes_nothing::<$server>().await;
+                super::repeating_a_call_changes_nothing($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn wrong_credentials_are_unauthorized_and_change_nothing() {
-                super::wrong_credentials_are_unauthorized_and_change_nothing::<$server>().await;
+                super::wrong_credentials_are_unauthorized_and_change_nothing($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn a_name_outside_the_zone_is_rejected() {
-                super::a_name_outside_the_zone_is_rejected::<$server>().await;
+                super::a_name_outside_the_zone_is_rejected($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn a_stopped_server_is_unavailable_within_the_bounds() {
-                super::a_stopped_server_is_unavailable_within_the_bounds::<$server>().await;
+                super::a_stopped_server_is_unavailable_within_the_bounds($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn a_founding_publishes_the_control_plane_name() {
-                super::a_founding_publishes_the_control_plane_name::<$server>().await;
+                super::a_founding_publishes_the_control_plane_name($start).await;
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn a_founding_with_the_server_down_still_founds_and_says_why() {
-                super::a_founding_with_the_server_down_still_founds_and_says_why::<$server>().await;
+                super::a_founding_with_the_server_down_still_founds_and_says_why($start).await;
             }
         }
     };
 }
 
-contract_suite!(powerdns_http_api, PowerDnsServer);
-contract_suite!(bind9_rfc2136, BindServer);
+contract_suite!(powerdns_http_api, PowerDnsServer::start());
+contract_suite!(bind9_rfc2136, Rfc2136Server::bind9());
+contract_suite!(knot_rfc2136, Rfc2136Server::knot());

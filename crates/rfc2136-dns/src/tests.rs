@@ -17,14 +17,18 @@ use super::*;
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==";
 
-/// A file holding `text`, removed with the test's temporary directory.
+/// A file holding `text`: one per distinct text, reused by every test and run (so nothing piles
+/// up in the temporary directory), written whole before it appears.
 fn secret_file(text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "plinth-rfc2136-secret-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::write(&path, text).unwrap();
+    let dir = std::env::temp_dir().join("plinth-rfc2136-test-secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(name);
+    if !path.exists() {
+        let partial = dir.join(format!("{}.{}", std::process::id(), rand::random::<u64>()));
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+    }
     path
 }
 

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use plinth_domain::ports::Chain;
 use plinth_domain::ports::dns::{AddressRecords, Dns, DnsError};
 use plinth_rfc2136_dns::{Rfc2136Dns, Rfc2136Settings, Transport};
-use plinth_testkit::bind::{BIND_KEY_NAME, BindServer};
+use plinth_testkit::rfc2136::{Rfc2136Server, TSIG_KEY_NAME};
 use plinth_testkit::{ZONE, signal};
 
 const NAME: &str = "api.cluster-1.k8s.plinth.test";
 
-fn settings(server: &BindServer) -> Rfc2136Settings {
-    let mut settings = Rfc2136Settings::new(&server.address(), BIND_KEY_NAME, server.key_file());
+fn settings(server: &Rfc2136Server) -> Rfc2136Settings {
+    let mut settings = Rfc2136Settings::new(&server.address(), TSIG_KEY_NAME, server.key_file());
     settings.request_timeout_ms = 800;
     settings
 }
@@ -33,7 +33,7 @@ fn records(v4: &[Ipv4Addr], v6: &[Ipv6Addr]) -> AddressRecords {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn updates_over_udp_publish_and_delete_too() {
-    let server = BindServer::start();
+    let server = Rfc2136Server::bind9();
     let mut udp = settings(&server);
     udp.transport = Transport::Udp;
     let dns = Rfc2136Dns::new(udp, ZONE).unwrap();
@@ -57,7 +57,7 @@ async fn updates_over_udp_publish_and_delete_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_name_the_server_does_not_know_is_unauthorized() {
-    let server = BindServer::start();
+    let server = Rfc2136Server::bind9();
     let mut stranger = settings(&server);
     stranger.key_name = "someone-else".to_owned();
     let err = Rfc2136Dns::new(stranger, ZONE)
@@ -71,7 +71,7 @@ async fn a_key_name_the_server_does_not_know_is_unauthorized() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zone_the_server_does_not_serve_is_zone_not_found() {
-    let server = BindServer::start();
+    let server = Rfc2136Server::bind9();
     let dns = Rfc2136Dns::new(settings(&server), "absent.plinth.test").unwrap();
     let mut elsewhere = records(&[Ipv4Addr::new(192, 0, 2, 9)], &[]);
     elsewhere.name = "api.absent.plinth.test".to_owned();
@@ -84,7 +84,7 @@ async fn a_zone_the_server_does_not_serve_is_zone_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_server_times_out_within_the_bounds() {
-    let server = BindServer::start();
+    let server = Rfc2136Server::bind9();
     let dns = Rfc2136Dns::new(settings(&server), ZONE).unwrap();
     // Frozen (our own process): the kernel accepts the connection, nobody answers.
     let pid = server.pid();

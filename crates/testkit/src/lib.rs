@@ -1,18 +1,18 @@
 //! Fixtures for plinth's cross-crate tests and benchmarks: a founding stack on real components —
 //! a throwaway PostgreSQL database, the compute service on loopback, the PostgreSQL repository
-//! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS or a BIND9 per test
-//! ([`pdns`], [`bind`]) and `dig` to ask them ([`dig`]); and the helpers for driving external
-//! programs ([`process`]).
+//! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS, a BIND9 or a Knot
+//! DNS per test ([`pdns`], [`rfc2136`]) and `dig` to ask them ([`dig`]); and the helpers for
+//! driving external programs ([`process`]).
 //!
 //! Fixtures in the domain's own types (founding settings, stand-in certificates) live in
 //! `plinth_domain::testing` instead, because the domain's unit tests use them too.
 
 #![allow(clippy::unwrap_used)] // a fixture that cannot start must stop the test loudly
 
-pub mod bind;
 pub mod dig;
 pub mod pdns;
 pub mod process;
+pub mod rfc2136;
 
 pub use plinth_domain::testing::ZONE;
 pub use process::{Process, free_port, output_text, require, run, signal, wait_for_port};
