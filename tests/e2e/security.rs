@@ -349,3 +349,30 @@ async fn plinth_refuses_to_start_with_a_plain_http_bootstrap_url_outside_a_test_
     let replica = fleet.spawn("insecure-allowed");
     assert!(replica.base.starts_with("http://"), "{}", replica.base);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plinth_refuses_to_start_with_a_tsig_key_it_cannot_use_naming_the_key() {
+    let fleet = Fleet::start(FleetOptions::default()).await;
+    let rfc2136 = |key_file: &str, algorithm: &str| {
+        fleet.refused_start(&[
+            ("PLINTH__DNS__MODE", "rfc2136"),
+            ("PLINTH__DNS__RFC2136__SERVER", "127.0.0.1:53"),
+            ("PLINTH__DNS__RFC2136__KEY_NAME", "plinth"),
+            ("PLINTH__DNS__RFC2136__KEY_SECRET_FILE", key_file),
+            ("PLINTH__DNS__RFC2136__KEY_ALGORITHM", algorithm),
+        ])
+    };
+    let said = rfc2136("/nonexistent/plinth-tsig", "hmac-sha256");
+    assert!(said.contains("dns.rfc2136.key_secret_file"), "{said}");
+    assert!(said.contains("/nonexistent/plinth-tsig"), "{said}");
+
+    let key = std::env::temp_dir().join(format!("plinth-e2e-tsig-{}", std::process::id()));
+    std::fs::write(&key, "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==").unwrap();
+    let said = rfc2136(key.to_str().unwrap(), "hmac-md5");
+    std::fs::remove_file(&key).unwrap();
+    assert!(said.contains("dns.rfc2136.key_algorithm"), "{said}");
+    assert!(
+        !said.contains("c2VjcmV0"),
+        "the secret is never printed: {said}"
+    );
+}
