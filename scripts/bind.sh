@@ -18,11 +18,14 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/dns-server.sh
+. "$root/scripts/lib/dns-server.sh"
 dir=${PLINTH_BIND_DIR:-$root/.dev/bind}
 port=${PLINTH_BIND_PORT:-15355}
 zone=${PLINTH_BIND_ZONE:-k8s.plinth.test}
 key_name=${PLINTH_BIND_KEY_NAME:-plinth-key}
 key_file=$dir/tsig.secret
+pidfile=$dir/named.pid.recorded
 
 env_lines() {
   echo "BIND_DNS_PORT=$port"
@@ -31,30 +34,11 @@ env_lines() {
   echo "BIND_KEY_FILE=$key_file"
 }
 
-running() {
-  [ -f "$dir/named.pid.recorded" ] && kill -0 "$(cat "$dir/named.pid.recorded")" 2>/dev/null
-}
-
-answers() {
-  dig @127.0.0.1 -p "$port" +tries=1 +time=1 +short "$zone" SOA 2>/dev/null | grep -q .
-}
-
 case "${1:-}" in
   start)
     command -v named >/dev/null || { echo "bind.sh: named is not installed (scripts/test-deps.sh installs bind9)" >&2; exit 1; }
-    if ! running; then
-      mkdir -p "$dir"
-      chmod 700 "$dir"
-      if [ ! -s "$key_file" ]; then
-        (umask 077 && head -c 32 /dev/urandom | base64 > "$key_file")
-      fi
-      if [ ! -f "$dir/zone.db" ]; then
-        cat > "$dir/zone.db" <<ZONE
-\$TTL 60
-@ IN SOA ns1.plinth.test. hostmaster.plinth.test. 1 10800 3600 604800 60
-@ IN NS ns1.plinth.test.
-ZONE
-      fi
+    if ! dns_server_running "$pidfile"; then
+      dns_primary_files "$dir"
       (umask 077 && cat > "$dir/named.conf" <<CONF
 options {
   directory "$dir";
@@ -81,34 +65,16 @@ CONF
       )
       # -g: foreground, logging to stderr; -n 1: one worker thread is plenty on loopback.
       named -g -n 1 -4 -c "$dir/named.conf" >"$dir/named.log" 2>&1 &
-      echo $! > "$dir/named.pid.recorded"
-      for _ in $(seq 1 200); do
-        answers && break
-        if ! running; then
-          echo "bind.sh: named exited:" >&2
-          tail -n 20 "$dir/named.log" >&2
-          exit 1
-        fi
-        sleep 0.05
-      done
-      answers || { echo "bind.sh: named does not answer for $zone" >&2; tail -n 20 "$dir/named.log" >&2; exit 1; }
+      echo $! > "$pidfile"
+      dns_server_wait "bind.sh: named" "$pidfile" "$dir/named.log" dns_zone_answers "$port" "$zone"
     fi
     env_lines
     ;;
   stop)
-    if running; then
-      pid=$(cat "$dir/named.pid.recorded")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$dir/named.pid.recorded"
+    dns_server_stop "$pidfile"
     ;;
   status)
-    running
+    dns_server_running "$pidfile"
     ;;
   env)
     env_lines

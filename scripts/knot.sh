@@ -16,11 +16,14 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/dns-server.sh
+. "$root/scripts/lib/dns-server.sh"
 dir=${PLINTH_KNOT_DIR:-$root/.dev/knot}
 port=${PLINTH_KNOT_PORT:-15357}
 zone=${PLINTH_KNOT_ZONE:-k8s.plinth.test}
 key_name=${PLINTH_KNOT_KEY_NAME:-plinth-key}
 key_file=$dir/tsig.secret
+pidfile=$dir/knotd.pid.recorded
 
 env_lines() {
   echo "KNOT_DNS_PORT=$port"
@@ -29,30 +32,12 @@ env_lines() {
   echo "KNOT_KEY_FILE=$key_file"
 }
 
-running() {
-  [ -f "$dir/knotd.pid.recorded" ] && kill -0 "$(cat "$dir/knotd.pid.recorded")" 2>/dev/null
-}
-
-answers() {
-  dig @127.0.0.1 -p "$port" +tries=1 +time=1 +short "$zone" SOA 2>/dev/null | grep -q .
-}
-
 case "${1:-}" in
   start)
     command -v knotd >/dev/null || { echo "knot.sh: knotd is not installed (scripts/test-deps.sh installs knot)" >&2; exit 1; }
-    if ! running; then
+    if ! dns_server_running "$pidfile"; then
+      dns_primary_files "$dir"
       mkdir -p "$dir/run" "$dir/db"
-      chmod 700 "$dir"
-      if [ ! -s "$key_file" ]; then
-        (umask 077 && head -c 32 /dev/urandom | base64 > "$key_file")
-      fi
-      if [ ! -f "$dir/zone.db" ]; then
-        cat > "$dir/zone.db" <<ZONE
-\$TTL 60
-@ IN SOA ns1.plinth.test. hostmaster.plinth.test. 1 10800 3600 604800 60
-@ IN NS ns1.plinth.test.
-ZONE
-      fi
       (umask 077 && cat > "$dir/knot.conf" <<CONF
 server:
     rundir: "$dir/run"
@@ -88,34 +73,16 @@ zone:
 CONF
       )
       knotd -c "$dir/knot.conf" >"$dir/knotd.log" 2>&1 &
-      echo $! > "$dir/knotd.pid.recorded"
-      for _ in $(seq 1 200); do
-        answers && break
-        if ! running; then
-          echo "knot.sh: knotd exited:" >&2
-          tail -n 20 "$dir/knotd.log" >&2
-          exit 1
-        fi
-        sleep 0.05
-      done
-      answers || { echo "knot.sh: knotd does not answer for $zone" >&2; tail -n 20 "$dir/knotd.log" >&2; exit 1; }
+      echo $! > "$pidfile"
+      dns_server_wait "knot.sh: knotd" "$pidfile" "$dir/knotd.log" dns_zone_answers "$port" "$zone"
     fi
     env_lines
     ;;
   stop)
-    if running; then
-      pid=$(cat "$dir/knotd.pid.recorded")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-      done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$dir/knotd.pid.recorded"
+    dns_server_stop "$pidfile"
     ;;
   status)
-    running
+    dns_server_running "$pidfile"
     ;;
   env)
     env_lines

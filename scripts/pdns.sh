@@ -15,12 +15,15 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/dns-server.sh
+. "$root/scripts/lib/dns-server.sh"
 dir=${PLINTH_PDNS_DIR:-$root/.dev/pdns}
 dns_port=${PLINTH_PDNS_DNS_PORT:-15353}
 api_port=${PLINTH_PDNS_API_PORT:-18081}
 api_key=${PLINTH_PDNS_API_KEY:-dev-pdns-key}
 schema=/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql
 api_url="http://127.0.0.1:$api_port"
+pidfile=$dir/pdns.pid
 
 env_lines() {
   echo "PDNS_API_URL=$api_url"
@@ -28,14 +31,14 @@ env_lines() {
   echo "PDNS_DNS_PORT=$dns_port"
 }
 
-running() {
-  [ -f "$dir/pdns.pid" ] && kill -0 "$(cat "$dir/pdns.pid")" 2>/dev/null
+api_answers() {
+  curl -fsS -o /dev/null -H "X-API-Key: $api_key" "$api_url/api/v1/servers/localhost" 2>/dev/null
 }
 
 case "${1:-}" in
   start)
     command -v pdns_server >/dev/null || { echo "pdns.sh: pdns_server is not installed (scripts/test-deps.sh installs it)" >&2; exit 1; }
-    if ! running; then
+    if ! dns_server_running "$pidfile"; then
       mkdir -p "$dir/run"
       [ -f "$dir/pdns.sqlite3" ] || sqlite3 "$dir/pdns.sqlite3" < "$schema"
       cat > "$dir/pdns.conf" <<CONF
@@ -62,34 +65,16 @@ query-cache-ttl=0
 zone-cache-refresh-interval=0
 CONF
       pdns_server --config-dir="$dir" >"$dir/pdns.log" 2>&1 &
-      echo $! > "$dir/pdns.pid"
-      for _ in $(seq 1 200); do
-        if curl -fsS -o /dev/null -H "X-API-Key: $api_key" "$api_url/api/v1/servers/localhost" 2>/dev/null; then
-          break
-        fi
-        if ! running; then
-          echo "pdns.sh: pdns_server exited:" >&2
-          tail -n 20 "$dir/pdns.log" >&2
-          exit 1
-        fi
-        sleep 0.05
-      done
-      curl -fsS -o /dev/null -H "X-API-Key: $api_key" "$api_url/api/v1/servers/localhost" \
-        || { echo "pdns.sh: the API did not come up" >&2; tail -n 20 "$dir/pdns.log" >&2; exit 1; }
+      echo $! > "$pidfile"
+      dns_server_wait "pdns.sh: pdns_server" "$pidfile" "$dir/pdns.log" api_answers
     fi
     env_lines
     ;;
   stop)
-    if running; then
-      pid=$(cat "$dir/pdns.pid")
-      kill "$pid"
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    fi
-    rm -f "$dir/pdns.pid"
+    dns_server_stop "$pidfile"
     ;;
   status)
-    running
+    dns_server_running "$pidfile"
     ;;
   env)
     env_lines
