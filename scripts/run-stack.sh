@@ -199,7 +199,6 @@ wait_for "http://127.0.0.1:$plinth_port/readyz" "$plinth_pid" "$dev/plinth.log" 
     echo "PDNS_DNS_PORT=$PLINTH_PDNS_DNS_PORT"
   fi
   if [ "$dns_mode" = rfc2136 ]; then
-    echo "BIND_DNS_PORT=$PLINTH_BIND_PORT"
     echo "TSIG_KEY_NAME=$PLINTH_BIND_KEY_NAME"
     echo "TSIG_KEY_FILE=$PLINTH_BIND_DIR/tsig.secret"
   fi
@@ -209,7 +208,7 @@ dig_hint=
 if [ -n "$dns_port" ]; then
   dig_hint=$(printf '\n%s\n\n%s\n' \
     "Then ask the DNS server ($dns_server) for the control_plane_dns_name of the answer:" \
-    "dig @127.0.0.1 -p $dns_port api.cluster-<id>.$zone A +short")
+    "dig @127.0.0.1 -p $dns_port api.cluster-<id>.$zone A +short")$'\n'
 fi
 cat <<TXT
 
