@@ -36,8 +36,8 @@ use plinth_domain::settings::SettingsError;
 use exchange::{Carrier, ExchangeError};
 pub use settings::{Rfc2136Settings, Transport};
 
-/// The pause between attempts is a random wait of up to this long.
-const BACKOFF: Duration = Duration::from_millis(250);
+/// The pause between attempts is a random wait of up to this many milliseconds.
+const BACKOFF_MAX_MS: u64 = 250;
 
 /// Why the adapter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -143,8 +143,8 @@ impl Rfc2136Dns {
                     if attempt < self.max_attempts =>
                 {
                     attempt += 1;
-                    let cap = u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX);
-                    tokio::time::sleep(Duration::from_millis(rand::random_range(0..=cap))).await;
+                    let pause = rand::random_range(0..=BACKOFF_MAX_MS);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 outcome => return outcome,
             }
