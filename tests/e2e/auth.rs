@@ -3,16 +3,13 @@
 //! rotated at the identity provider (a JWKS URL, served here by a loopback server) and in the
 //! JWKS file while plinth runs.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{AUDIENCE, Claims, ISSUER, Options, Stack, now};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit as _, Mac as _};
+use plinth_testkit::http_stub::{Answer, StubServer};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -208,99 +205,9 @@ fn jwks(keys: &[serde_json::Value]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
-/// The identity provider's JWKS URL: HTTP/1.1 on 127.0.0.1, one thread, one request per
-/// connection, answering `(status, body)`; it stops when dropped.
-struct JwksServer {
-    addr: SocketAddr,
-    serve: Arc<Mutex<(u16, String)>>,
-    hits: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl JwksServer {
-    fn start(body: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serve = Arc::new(Mutex::new((200, body)));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let (serve, hits, stop) = (serve.clone(), hits.clone(), stop.clone());
-            move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut stream) = stream else { continue };
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = serve.lock().unwrap().clone();
-                    answer(&mut stream, status, &body);
-                }
-            }
-        });
-        Self {
-            addr,
-            serve,
-            hits,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/oauth2/jwks", self.addr)
-    }
-
-    fn set(&self, status: u16, body: String) {
-        *self.serve.lock().unwrap() = (status, body);
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `more` further fetches came.
-    async fn await_hits(&self, more: usize) {
-        let target = self.hits() + more;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.hits() < target {
-            assert!(
-                Instant::now() < deadline,
-                "plinth fetched no JWKS within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn answer(stream: &mut TcpStream, status: u16, body: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut request = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let head = format!(
-        "HTTP/1.1 {status} Answer\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
+/// `200 OK` with `body`.
+fn ok(body: String) -> Answer {
+    Answer::Body(200, body)
 }
 
 /// Why an ES256 token whose key plinth does not have is refused: the stack's PEM key has no kid,
@@ -351,11 +258,11 @@ fn replace_jwks_file(stack: &Stack, text: &str) {
 async fn keys_rotated_at_the_idp_and_in_the_file_work_without_a_restart() {
     let (first, second) = (IdpKey::new("idp-2025-01"), IdpKey::new("idp-2025-02"));
     let (encryption, es384) = (IdpKey::new("idp-enc"), IdpKey::new("idp-es384"));
-    let idp = JwksServer::start(jwks(&[
+    let idp = StubServer::start(ok(jwks(&[
         first.jwk(),
         encryption.jwk_with(json!({"use": "enc"})),
         es384.jwk_with(json!({"alg": "ES384"})),
-    ]));
+    ])));
     // Only the schedule refreshes here: unknown kids would, at most once an hour.
     let stack = Stack::start(Options {
         auth: format!(
@@ -389,7 +296,7 @@ async fn keys_rotated_at_the_idp_and_in_the_file_work_without_a_restart() {
     refused(&stack, &first.sign(&iatless), "no iat claim").await;
 
     // The IdP rotates: the new key is used within the refresh interval, the old one refused.
-    idp.set(200, jwks(&[second.jwk()]));
+    idp.set(ok(jwks(&[second.jwk()])));
     let took = eventually_accepted(&stack, &second.token()).await;
     assert!(took < Duration::from_secs(4), "took {took:?}");
     refused(&stack, &first.token(), NOT_VERIFIED).await;
@@ -412,7 +319,7 @@ async fn keys_rotated_at_the_idp_and_in_the_file_work_without_a_restart() {
         (200, "<html>maintenance</html>".to_owned()),
         (200, jwks(&[])),
     ] {
-        idp.set(status, body);
+        idp.set(Answer::Body(status, body));
         idp.await_hits(2).await;
         accepted(&stack, &second.token()).await;
         accepted(&stack, &file_key.token()).await;
@@ -426,7 +333,7 @@ async fn keys_rotated_at_the_idp_and_in_the_file_work_without_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
     let (first, second) = (IdpKey::new("k1"), IdpKey::new("k2"));
-    let idp = JwksServer::start(jwks(&[first.jwk()]));
+    let idp = StubServer::start(ok(jwks(&[first.jwk()])));
     // No scheduled refresh during the test: only unknown kids refresh.
     let stack = Stack::start(Options {
         auth: format!(
@@ -442,7 +349,7 @@ async fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
     // The IdP publishes a key plinth has not seen; its first token makes plinth fetch, and is
     // accepted at once.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    idp.set(200, jwks(&[first.jwk(), second.jwk()]));
+    idp.set(ok(jwks(&[first.jwk(), second.jwk()])));
     accepted(&stack, &second.token()).await;
     assert_eq!(idp.hits(), 2);
     let fetched = Instant::now();

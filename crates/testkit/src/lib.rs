@@ -2,7 +2,8 @@
 //! a throwaway PostgreSQL database, the compute service on loopback, the PostgreSQL repository
 //! and the x509 PKI — so a test adds only the adapter it is about; a PowerDNS, a BIND9 or a Knot
 //! DNS per test ([`pdns`], [`rfc2136`]) and `dig` to ask them ([`dig`]); and the helpers for
-//! driving external programs ([`process`]).
+//! driving external programs ([`process`]); a scripted HTTP server for outbound clients
+//! ([`http_stub`]).
 //!
 //! Fixtures in the domain's own types (founding settings, stand-in certificates) live in
 //! `plinth_domain::testing` instead, because the domain's unit tests use them too.
@@ -10,6 +11,7 @@
 #![allow(clippy::unwrap_used)] // a fixture that cannot start must stop the test loudly
 
 pub mod dig;
+pub mod http_stub;
 pub mod pdns;
 pub mod process;
 pub mod rfc2136;

@@ -145,11 +145,8 @@ async fn a_token_living_longer_than_the_maximum_is_401() {
 }
 
 mod keys {
-    use std::io::{Read as _, Write as _};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::TcpListener;
     use std::path::PathBuf;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use base64::Engine as _;
@@ -157,6 +154,7 @@ mod keys {
     use p256::elliptic_curve::Generate as _;
     use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
     use plinth_api::auth::{AuthSettings, Authenticator};
+    use plinth_testkit::http_stub::{Answer, StubServer};
     use serde_json::{Value, json};
 
     use super::now;
@@ -226,115 +224,9 @@ mod keys {
         json!({ "keys": keys })
     }
 
-    /// What the loopback JWKS server answers.
-    #[derive(Debug, Clone)]
-    enum Serve {
-        Json(Value),
-        Status(u16),
-        Body(String),
-        Redirect(String),
-    }
-
-    /// A JWKS URL: an HTTP/1.1 server on 127.0.0.1, one thread, one request per connection; it
-    /// stops when dropped.
-    struct JwksServer {
-        addr: SocketAddr,
-        serve: Arc<Mutex<Serve>>,
-        hits: Arc<AtomicUsize>,
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl JwksServer {
-        fn start(serve: Serve) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let serve = Arc::new(Mutex::new(serve));
-            let hits = Arc::new(AtomicUsize::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let thread = std::thread::spawn({
-                let (serve, hits, stop) = (serve.clone(), hits.clone(), stop.clone());
-                move || {
-                    for stream in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let Ok(mut stream) = stream else { continue };
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        let serve = serve.lock().unwrap().clone();
-                        answer(&mut stream, &serve);
-                    }
-                }
-            });
-            Self {
-                addr,
-                serve,
-                hits,
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("http://{}/.well-known/jwks.json", self.addr)
-        }
-
-        fn set(&self, serve: Serve) {
-            *self.serve.lock().unwrap() = serve;
-        }
-
-        fn hits(&self) -> usize {
-            self.hits.load(Ordering::SeqCst)
-        }
-
-        /// Waits until `more` further requests came (each refresh is one).
-        async fn await_hits(&self, more: usize) {
-            let target = self.hits() + more;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.hits() < target {
-                assert!(Instant::now() < deadline, "no refresh within 10 s");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-
-    impl Drop for JwksServer {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            let _ = TcpStream::connect(self.addr);
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-
-    fn answer(stream: &mut TcpStream, serve: &Serve) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut request = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => request.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let (status, extra, body) = match serve {
-            Serve::Json(value) => ("200 OK".to_owned(), String::new(), value.to_string()),
-            Serve::Status(code) => (format!("{code} Failing"), String::new(), "{}".into()),
-            Serve::Body(body) => ("200 OK".to_owned(), String::new(), body.clone()),
-            Serve::Redirect(to) => (
-                "302 Found".to_owned(),
-                format!("Location: {to}\r\n"),
-                String::new(),
-            ),
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n{extra}\r\n",
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body.as_bytes());
+    /// `200 OK` with `value`.
+    fn json(value: Value) -> Answer {
+        Answer::json(&value)
     }
 
     /// The test app's settings without its PEM key: only the JWKS sources count.
@@ -394,7 +286,7 @@ mod keys {
     #[tokio::test]
     async fn a_rotated_jwks_url_is_picked_up_and_the_removed_key_refused() {
         let (old, new) = (IdpKey::new("2024-old"), IdpKey::new("2025-new"));
-        let server = JwksServer::start(Serve::Json(jwks(&[old.jwk()])));
+        let server = StubServer::start(json(jwks(&[old.jwk()])));
         // Only the schedule refreshes here, not unknown kids.
         let authenticator = Authenticator::load(AuthSettings {
             jwks_min_refresh_interval_secs: 3600,
@@ -406,13 +298,13 @@ mod keys {
         accepted(&authenticator, &old.token()).await;
 
         // Rotation, first stage: both keys published.
-        server.set(Serve::Json(jwks(&[old.jwk(), new.jwk()])));
+        server.set(json(jwks(&[old.jwk(), new.jwk()])));
         let took = eventually_accepted(&authenticator, &new.token()).await;
         assert!(took < Duration::from_secs(3), "took {took:?}");
         accepted(&authenticator, &old.token()).await;
 
         // Second stage: the old key withdrawn.
-        server.set(Serve::Json(jwks(&[new.jwk()])));
+        server.set(json(jwks(&[new.jwk()])));
         server.await_hits(2).await;
         refused(&authenticator, &old.token(), "no configured key").await;
         // Without a kid, the old key's token is tried against the keys there are.
@@ -465,7 +357,7 @@ mod keys {
     #[tokio::test]
     async fn a_key_not_meant_for_signatures_is_never_used() {
         let (signing, enc, ops) = (IdpKey::new("sig"), IdpKey::new("enc"), IdpKey::new("ops"));
-        let server = JwksServer::start(Serve::Json(jwks(&[
+        let server = StubServer::start(json(jwks(&[
             signing.jwk(),
             enc.jwk_with(&json!({"use": "enc", "alg": null})),
             ops.jwk_with(&json!({"use": null, "key_ops": ["encrypt"]})),
@@ -485,7 +377,7 @@ mod keys {
             .await;
         }
         // The same keys, meant for signatures, are used.
-        server.set(Serve::Json(jwks(&[
+        server.set(json(jwks(&[
             enc.jwk_with(&json!({"use": "sig"})),
             ops.jwk_with(&json!({"use": null, "key_ops": ["verify"]})),
         ])));
@@ -504,7 +396,7 @@ mod keys {
             IdpKey::new("rs256"),
             IdpKey::new("absent"),
         );
-        let server = JwksServer::start(Serve::Json(jwks(&[
+        let server = StubServer::start(json(jwks(&[
             es256.jwk(),
             es384.jwk_with(&json!({"alg": "ES384"})),
             rs256.jwk_with(&json!({"alg": "RS256"})),
@@ -529,7 +421,7 @@ mod keys {
     #[tokio::test]
     async fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
         let (first, second, third) = (IdpKey::new("k1"), IdpKey::new("k2"), IdpKey::new("k3"));
-        let server = JwksServer::start(Serve::Json(jwks(&[first.jwk()])));
+        let server = StubServer::start(json(jwks(&[first.jwk()])));
         // No scheduled refresh: only unknown kids refresh here.
         let authenticator = Authenticator::load(AuthSettings {
             jwks_refresh_secs: 3600,
@@ -542,7 +434,7 @@ mod keys {
         assert_eq!(server.hits(), 1);
 
         // Too soon after the start: no fetch.
-        server.set(Serve::Json(jwks(&[first.jwk(), second.jwk()])));
+        server.set(json(jwks(&[first.jwk(), second.jwk()])));
         refused(&authenticator, &second.token(), "no configured key").await;
         assert_eq!(server.hits(), 1);
 
@@ -579,8 +471,8 @@ mod keys {
     #[tokio::test]
     async fn a_failing_jwks_url_keeps_the_last_good_keys() {
         let (good, next) = (IdpKey::new("good"), IdpKey::new("next"));
-        let server = JwksServer::start(Serve::Json(jwks(&[good.jwk()])));
-        let elsewhere = JwksServer::start(Serve::Json(jwks(&[next.jwk()])));
+        let server = StubServer::start(json(jwks(&[good.jwk()])));
+        let elsewhere = StubServer::start(json(jwks(&[next.jwk()])));
         let authenticator = Authenticator::load(settings(Some(server.url()), None))
             .await
             .unwrap();
@@ -590,15 +482,15 @@ mod keys {
             "x".repeat(1024 * 1024 + 1)
         );
         for failure in [
-            Serve::Status(500),
-            Serve::Status(404),
-            Serve::Body("{not json".into()),
-            Serve::Body(r#"{"no": "keys"}"#.into()),
-            Serve::Json(jwks(&[])),
-            Serve::Json(jwks(&[good.jwk_with(&json!({"use": "enc"}))])),
-            Serve::Body(too_large),
+            Answer::Body(500, "{}".into()),
+            Answer::Body(404, "{}".into()),
+            Answer::Body(200, "{not json".into()),
+            Answer::Body(200, r#"{"no": "keys"}"#.into()),
+            json(jwks(&[])),
+            json(jwks(&[good.jwk_with(&json!({"use": "enc"}))])),
+            Answer::Body(200, too_large),
             // Redirects are not followed.
-            Serve::Redirect(elsewhere.url()),
+            Answer::Redirect(elsewhere.url()),
         ] {
             server.set(failure.clone());
             server.await_hits(2).await;
@@ -607,7 +499,7 @@ mod keys {
         }
         assert_eq!(elsewhere.hits(), 0);
         // The refresh still works once the URL serves keys again...
-        server.set(Serve::Json(jwks(&[good.jwk(), next.jwk()])));
+        server.set(json(jwks(&[good.jwk(), next.jwk()])));
         eventually_accepted(&authenticator, &next.token()).await;
         // ...and with the server gone altogether, the keys stay.
         drop(server);
@@ -623,9 +515,9 @@ mod keys {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap()
         };
-        let server = JwksServer::start(Serve::Status(503));
-        let garbage = JwksServer::start(Serve::Body("<html>".into()));
-        let keyless = JwksServer::start(Serve::Json(jwks(&[
+        let server = StubServer::start(Answer::Body(503, "{}".into()));
+        let garbage = StubServer::start(Answer::Body(200, "<html>".into()));
+        let keyless = StubServer::start(json(jwks(&[
             IdpKey::new("enc").jwk_with(&json!({"use": "enc"}))
         ])));
         for (url, why) in [
@@ -649,7 +541,7 @@ mod keys {
     #[tokio::test]
     async fn the_refresh_ends_when_the_authenticator_is_dropped() {
         let key = IdpKey::new("k");
-        let server = JwksServer::start(Serve::Json(jwks(&[key.jwk()])));
+        let server = StubServer::start(json(jwks(&[key.jwk()])));
         let authenticator = Authenticator::load(settings(Some(server.url()), None))
             .await
             .unwrap();
@@ -671,7 +563,7 @@ mod keys {
     #[tokio::test]
     async fn the_token_lifetime_is_capped() {
         let key = IdpKey::new("k");
-        let server = JwksServer::start(Serve::Json(jwks(&[key.jwk()])));
+        let server = StubServer::start(json(jwks(&[key.jwk()])));
         let authenticator = Authenticator::load(AuthSettings {
             max_token_lifetime_secs: 600,
             ..settings(Some(server.url()), None)
