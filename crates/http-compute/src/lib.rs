@@ -292,21 +292,19 @@ impl HttpCompute {
     /// Reads a VM (with its userdata), for tests that check what a founding asked for.
     #[cfg(feature = "test-support")]
     pub async fn get_vm(&self, id: &VmId) -> Result<Vm, ComputeError> {
-        let path = format!("/v1/vms/{id}");
+        self.get("reading a VM", &format!("/v1/vms/{id}")).await
+    }
+
+    /// GETs `path` (a read, so retried as safe) and reads a 200's body as `T`; any other status
+    /// is the call's failure.
+    async fn get<T: DeserializeOwned>(&self, what: &str, path: &str) -> Result<T, ComputeError> {
         let answer = self
-            .send(
-                "reading a VM",
-                Method::GET,
-                &path,
-                None::<&()>,
-                None,
-                Retry::Safe,
-            )
+            .send(what, Method::GET, path, None::<&()>, None, Retry::Safe)
             .await?;
-        match answer.status {
-            StatusCode::OK => understood("reading a VM", &answer),
-            _ => Err(failure("reading a VM", &answer)),
+        if answer.status != StatusCode::OK {
+            return Err(failure(what, &answer));
         }
+        understood(what, &answer)
     }
 
     /// Sends one call, retrying it when that is safe, and returns the last answer.
@@ -410,38 +408,15 @@ fn understood<T: DeserializeOwned>(what: &str, answer: &Answer) -> Result<T, Com
 impl Compute for HttpCompute {
     async fn subnet(&self, id: &SubnetId) -> Result<Subnet, ComputeError> {
         const WHAT: &str = "reading a subnet";
-        let answer = self
-            .send(
-                WHAT,
-                Method::GET,
-                &format!("/v1/subnets/{id}"),
-                None::<&()>,
-                None,
-                Retry::Safe,
-            )
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(failure(WHAT, &answer));
-        }
-        subnet_from(WHAT, understood(WHAT, &answer)?)
+        subnet_from(WHAT, self.get(WHAT, &format!("/v1/subnets/{id}")).await?)
     }
 
     async fn security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup, ComputeError> {
         const WHAT: &str = "reading a security group";
-        let answer = self
-            .send(
-                WHAT,
-                Method::GET,
-                &format!("/v1/security-groups/{id}"),
-                None::<&()>,
-                None,
-                Retry::Safe,
-            )
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(failure(WHAT, &answer));
-        }
-        security_group_from(WHAT, understood(WHAT, &answer)?)
+        security_group_from(
+            WHAT,
+            self.get(WHAT, &format!("/v1/security-groups/{id}")).await?,
+        )
     }
 
     async fn create_security_group(
@@ -558,13 +533,7 @@ impl Compute for HttpCompute {
     async fn list_vms(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>, ComputeError> {
         const WHAT: &str = "listing VMs by tag";
         let path = format!("/v1/vms?{}", tag_query(key, value));
-        let answer = self
-            .send(WHAT, Method::GET, &path, None::<&()>, None, Retry::Safe)
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(failure(WHAT, &answer));
-        }
-        let listed: VmListBody = understood(WHAT, &answer)?;
+        let listed: VmListBody = self.get(WHAT, &path).await?;
         tagged(WHAT, listed.vms, key, value)
     }
 
@@ -575,13 +544,7 @@ impl Compute for HttpCompute {
     ) -> Result<Vec<TaggedResource>, ComputeError> {
         const WHAT: &str = "listing security groups by tag";
         let path = format!("/v1/security-groups?{}", tag_query(key, value));
-        let answer = self
-            .send(WHAT, Method::GET, &path, None::<&()>, None, Retry::Safe)
-            .await?;
-        if answer.status != StatusCode::OK {
-            return Err(failure(WHAT, &answer));
-        }
-        let listed: SecurityGroupListBody = understood(WHAT, &answer)?;
+        let listed: SecurityGroupListBody = self.get(WHAT, &path).await?;
         tagged(WHAT, listed.security_groups, key, value)
     }
 }
