@@ -55,8 +55,9 @@ impl FailureLimiter {
         {
             return;
         }
-        // Spent (by this refusal or before it): this check takes nothing and says when the next
-        // one is allowed.
+        // Spent (by this refusal or before it): this check finds nothing left and says when the
+        // next one is allowed (should a cell arrive in between, it takes it and blocks nothing;
+        // the next refusal then blocks).
         if let Err(not_until) = self.refusals.check_key(&client) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
